@@ -1,0 +1,1 @@
+"""Actor-side building blocks: exploration schedules and n-step transition assembly."""

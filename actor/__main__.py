@@ -1,0 +1,82 @@
+"""`python -m actor` / `distdqn-actor`: join a learner's run as an actor (or, with --evaluate, evaluator).
+
+Only the learner's address is needed; everything else (env, network, n-step, addresses) comes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import zmq
+
+from common.cli import _Parser
+from common.errors import ConfigError
+from common.networks import load_numpy_weights
+from common.process import install_stop_handlers, run_cli, setup_logging
+from common.sockets import check_libzmq, parse_address
+
+
+def _parse() -> argparse.Namespace:
+    parser = _Parser(prog="distdqn-actor", description="Actor: steps environments, sends transitions to replay.")
+    parser.add_argument("--learner", default="127.0.0.1:5550", help="learner control address HOST:PORT")
+    parser.add_argument(
+        "--actor-index", type=int, default=-1, help="global actor index (sets epsilon); -1: the learner assigns one"
+    )
+    parser.add_argument("--evaluate", action="store_true", help="run as the evaluator (greedy, never writes replay)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser.parse_args()
+
+
+def _main() -> int:
+    args = _parse()
+    try:
+        host, port = parse_address(args.learner)
+    except ValueError as err:
+        raise ConfigError(f"--learner: {err}") from None
+    role = "evaluator" if args.evaluate else "actor"
+    if args.evaluate:
+        name = "evaluator"
+    else:
+        name = f"actor-{args.actor_index}" if args.actor_index >= 0 else f"actor-pid{os.getpid()}"
+    setup_logging(name, verbose=args.verbose)
+    check_libzmq()
+    stop = install_stop_handlers()
+
+    from actor.link import LearnerLink
+
+    ctx = zmq.Context()
+    link = LearnerLink(host, port, role=role, ctx=ctx)
+    worker = None
+    try:
+        welcome = link.join(args.actor_index, stop)
+        link.subscribe(welcome.config)
+        first = link.fetch_weights(stop)
+        if args.evaluate:
+            from actor.evaluator import Evaluator
+
+            worker = Evaluator(link, welcome.config)
+        else:
+            from actor.actor import Actor
+
+            worker = Actor(link, welcome.config, welcome.actor_index, ctx)
+        load_numpy_weights(worker.net, first.arrays)
+        logging.getLogger(name).info("joined run %s with weights v%d", welcome.run_id, first.meta["version"])
+        worker.run(stop)
+    finally:
+        if worker is not None:
+            worker.close()
+        link.close()
+        ctx.destroy(linger=500)
+        logging.shutdown()
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_cli(_main))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The actor: steps a vector of environments epsilon-greedily and pushes n-step transitions to replay.
+
+Each actor has one global index i (from the launcher or assigned by the learner) and acts with the
+Ape-X epsilon_i = base ** (1 + alpha * i / (N - 1)), so the population explores at many rates at once.
+Initial priorities are the transitions' own |TD errors| under the actor's network copy (Ape-X), so new
+data is sampled in proportion to how surprising it is rather than all at the maximum priority.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import torch
+import zmq
+
+from actor.exploration import apex_epsilon, epsilon_greedy
+from actor.link import LearnerLink
+from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
+from common.config import RunConfig
+from common.envs import env_spec, make_vector_env
+from common.networks import QNetwork, load_numpy_weights
+from common.process import derive_seed
+from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
+
+log = logging.getLogger(__name__)
+
+SEND_POLL_MS = 100
+
+
+class Outbox:
+    """Transitions collected until a full message (send_size) is ready, then sent as one batch."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[NStepTransitions, int]] = []
+        self.count = 0
+
+    def add(self, transitions: NStepTransitions, version: int) -> None:
+        self.parts.append((transitions, version))
+        self.count += len(transitions)
+
+    def take(self) -> dict[str, np.ndarray]:
+        arrays = {
+            name: np.concatenate([getattr(t, name) for t, _ in self.parts])
+            for name in ("obs", "action", "reward", "discount", "next_obs")
+        }
+        arrays["version"] = np.concatenate([np.full(len(t), v, dtype=np.int64) for t, v in self.parts])
+        self.parts, self.count = [], 0
+        return arrays
+
+
+class Actor:
+    def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int, ctx: zmq.Context) -> None:
+        self.link = link
+        self.config = config
+        self.index = actor_index
+        self.spec = env_spec(config.env)
+        ac = config.actor
+        self.epsilon = apex_epsilon(actor_index, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha)
+        torch.set_num_threads(1)
+        torch.manual_seed(derive_seed(config.seed, 1, actor_index))
+        self.net = QNetwork(self.spec.obs_shape, self.spec.num_actions, config.network).eval()
+        self.rng = np.random.default_rng(derive_seed(config.seed, 2, actor_index))
+        self.env = make_vector_env(config.env, config.env.num_envs)
+        self.nstep = NStepBuilder(
+            config.env.num_envs, config.learner.n_step, config.learner.gamma, self.spec.obs_shape, self.spec.obs_dtype
+        )
+        replay_host = config.net.public_host or link.learner_host
+        if is_loopback(replay_host) and not is_loopback(link.learner_host):
+            replay_host = link.learner_host
+        self.push = make_socket(ctx, zmq.PUSH, hwm=config.net.send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
+        connect(self.push, replay_host, config.net.ingest_port)
+        self.env_steps = 0
+        self.transitions_sent = 0
+        self.transitions_dropped = 0
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+
+    def apply(self, weights_msg) -> None:
+        load_numpy_weights(self.net, weights_msg.arrays)
+
+    def priorities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """|TD error| of each transition under this actor's network (Double-DQN form, online net only)."""
+        count = arrays["action"].shape[0]
+        with torch.no_grad():
+            both = self.net(torch.from_numpy(np.concatenate([arrays["obs"], arrays["next_obs"]])))
+            q, next_q = both[:count], both[count:]
+            chosen = q.gather(1, torch.from_numpy(arrays["action"]).unsqueeze(1)).squeeze(1)
+            bootstrap = next_q.max(dim=1).values
+            target = torch.from_numpy(arrays["reward"]) + torch.from_numpy(arrays["discount"]) * bootstrap
+        return (target - chosen).abs().numpy().astype(np.float32)
+
+    def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
+        """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
+        arrays["priority"] = self.priorities(arrays)
+        frames = self.link.encode("transitions", {"actor_index": self.index}, arrays)
+        count = arrays["action"].shape[0]
+        while True:
+            if self.push.poll(SEND_POLL_MS, zmq.POLLOUT):
+                self.push.send_multipart(frames, copy=False)
+                self.transitions_sent += count
+                return
+            self._take_weights()
+            if stop.is_set() or self.link.stop_reason is not None:
+                self.transitions_dropped += count
+                log.info("dropped %d unsent transitions at shutdown", count)
+                return
+
+    def _take_weights(self) -> None:
+        msg = self.link.newest_weights()
+        if msg is not None:
+            self.apply(msg)
+
+    def _report(self, steps_per_s: float) -> None:
+        meta = {
+            "actor_index": self.index,
+            "env_steps": self.env_steps,
+            "transitions_sent": self.transitions_sent,
+            "weight_version": self.link.version,
+            "epsilon": self.epsilon,
+            "steps_per_s": steps_per_s,
+        }
+        arrays = {
+            "episode_returns": np.asarray(self.returns, dtype=np.float32),
+            "episode_lengths": np.asarray(self.lengths, dtype=np.int64),
+        }
+        self.link.send("actor_stats", meta, arrays)
+        self.returns, self.lengths = [], []
+
+    def run(self, stop: threading.Event) -> None:
+        ac = self.config.actor
+        num_envs = self.config.env.num_envs
+        obs, _ = self.env.reset(seed=derive_seed(self.config.seed, 3, self.index) % 2**31)
+        episode_return = np.zeros(num_envs)
+        episode_length = np.zeros(num_envs, dtype=np.int64)
+        outbox = Outbox()
+        next_report = time.monotonic() + ac.stats_interval_s
+        last_steps, last_time = 0, time.monotonic()
+        log.info("actor %d acting with epsilon %.4g on %d x %s", self.index, self.epsilon, num_envs, self.config.env.id)
+        while not stop.is_set() and self.link.stop_reason is None:
+            self._take_weights()
+            with torch.no_grad():
+                q = self.net(torch.from_numpy(obs)).numpy()
+            actions = epsilon_greedy(q, self.epsilon, self.rng)
+            next_obs, rewards, terminated, truncated, info = self.env.step(actions)
+            done = terminated | truncated
+            transitions = self.nstep.add(
+                obs, actions, rewards, terminated, truncated, true_next_obs(next_obs, terminated, truncated, info)
+            )
+            self.env_steps += num_envs
+            episode_return += rewards
+            episode_length += 1
+            if done.any():
+                self.returns.extend(episode_return[done].tolist())
+                self.lengths.extend(episode_length[done].tolist())
+                episode_return[done] = 0
+                episode_length[done] = 0
+            if transitions is not None:
+                outbox.add(transitions, self.link.version)
+                if outbox.count >= ac.send_size:
+                    arrays = outbox.take()
+                    for start in range(0, arrays["action"].shape[0], ac.send_size):
+                        self._send({k: v[start : start + ac.send_size] for k, v in arrays.items()}, stop)
+            obs = next_obs
+            now = time.monotonic()
+            if now >= next_report:
+                self._report((self.env_steps - last_steps) / (now - last_time))
+                last_steps, last_time = self.env_steps, now
+                next_report = now + ac.stats_interval_s
+        if outbox.count and self.link.stop_reason is None:
+            self._send(outbox.take(), stop)
+        self._report(0.0)
+        log.info(
+            "actor %d stopping (%s): %d env steps, %d transitions sent, %d dropped",
+            self.index,
+            self.link.stop_reason or "signal",
+            self.env_steps,
+            self.transitions_sent,
+            self.transitions_dropped,
+        )
+
+    def close(self) -> None:
+        self.env.close()
+        self.push.close()

@@ -1,0 +1,141 @@
+"""An actor's or evaluator's connection to the learner: join the run, then follow its weights.
+
+Joining is a `hello` on a DEALER socket; the learner answers with the run config and the global actor
+index, so a remote actor needs nothing but the learner's address. Weights arrive on a SUB socket; the
+actor drains it to the newest version between environment steps (CONFLATE does not work with multipart
+messages), so a slow actor never falls behind a queue of stale weights. At start the actor asks for
+the current weights directly and waits for them: a late joiner never acts with random weights or waits
+for the next publication.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from common.config import RunConfig
+from common.errors import StartupError
+from common.sockets import connect, is_loopback, make_socket
+from common.wire import DecodeError, Encoder, Message, decode
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 60.0
+RETRY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Welcome:
+    config: RunConfig
+    actor_index: int
+    run_id: str
+
+
+class LearnerLink:
+    def __init__(self, learner_host: str, learner_port: int, *, role: str, ctx: zmq.Context) -> None:
+        self.learner_host = learner_host
+        self.learner_port = learner_port
+        self.role = role
+        self.ctx = ctx
+        self.encode = Encoder(f"{role}-{os.getpid()}")
+        self.control = make_socket(ctx, zmq.DEALER, hwm=1024, max_message_bytes=64 << 20)
+        connect(self.control, learner_host, learner_port)
+        self.weights_sub: zmq.Socket | None = None
+        self.version = -1
+        self.stop_reason: str | None = None
+        self.rejected = 0
+
+    def join(self, actor_index: int, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Welcome:
+        """Say hello until the learner answers; a refusal or a silent learner is a clear StartupError."""
+        meta = {"role": self.role, "actor_index": actor_index, "host": socket.gethostname(), "pid": os.getpid()}
+        deadline = time.monotonic() + timeout_s
+        next_send = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                raise StartupError(
+                    f"no answer from the learner at {self.learner_host}:{self.learner_port} within {timeout_s:g} s"
+                )
+            if now >= next_send:
+                self.control.send_multipart(self.encode("hello", meta))
+                next_send = now + 2.0
+            msg = self._recv(self.control, ("welcome", "error"), RETRY_S)
+            if msg is None:
+                continue
+            if msg.kind == "error":
+                raise StartupError(f"the learner refused to let this {self.role} join: {msg.meta}")
+            config = RunConfig.from_dict(msg.meta["config"])
+            return Welcome(config, msg.meta["actor_index"], msg.meta["run_id"])
+        raise StartupError("interrupted while joining")
+
+    def subscribe(self, config: RunConfig) -> None:
+        host = config.net.public_host or self.learner_host
+        if is_loopback(host) and not is_loopback(self.learner_host):
+            host = self.learner_host  # the learner advertised loopback, but we reached it from elsewhere
+        self.weights_sub = make_socket(self.ctx, zmq.SUB, hwm=4, max_message_bytes=config.net.max_message_mb << 20)
+        self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        connect(self.weights_sub, host, config.net.weights_port)
+
+    def fetch_weights(self, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Message:
+        """Ask the learner for its current weights and wait until they come (or stop / time out)."""
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            self.control.send_multipart(self.encode("get_weights"))
+            msg = self._recv(self.control, ("weights", "error"), 2.0)
+            if msg is not None and msg.kind == "weights":
+                self.version = msg.meta["version"]
+                return msg
+            time.sleep(RETRY_S if msg is not None else 0)
+        raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
+
+    def newest_weights(self) -> Message | None:
+        """Drain the SUB socket and return the newest weights not yet applied (None if none)."""
+        assert self.weights_sub is not None, "subscribe() first"
+        newest = None
+        while True:
+            try:
+                frames = self.weights_sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = decode(frames, expect=("weights", "stop"))
+            except DecodeError as err:
+                self.rejected += 1
+                log.warning("ignored a bad broadcast: %s", err)
+                continue
+            if msg.kind == "stop":
+                self.stop_reason = msg.meta["reason"]
+            elif msg.meta["version"] > self.version:
+                newest = msg
+                self.version = msg.meta["version"]
+        return newest
+
+    def send(self, kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Statistics to the learner; dropped (not blocking) if the learner is not reading."""
+        try:
+            self.control.send_multipart(self.encode(kind, meta, arrays), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("learner not reading; %s dropped", kind)
+
+    def _recv(self, sock: zmq.Socket, expect: tuple[str, ...], timeout_s: float) -> Message | None:
+        if not sock.poll(int(timeout_s * 1000)):
+            return None
+        frames = sock.recv_multipart(copy=False)
+        try:
+            return decode(frames, expect=expect)
+        except DecodeError as err:
+            self.rejected += 1
+            log.warning("ignored a bad reply from the learner: %s", err)
+            return None
+
+    def close(self) -> None:
+        self.control.close()
+        if self.weights_sub is not None:
+            self.weights_sub.close()

@@ -1,0 +1,1 @@
+"""Pieces shared by every distdqn process: config, wire codec, sockets, networks, envs, logs."""

@@ -1,0 +1,98 @@
+"""Q-networks: one definition shared by actors (CPU copies) and the learner, so weights always fit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config import NetworkConfig
+
+
+class MLPTorso(nn.Module):
+    def __init__(self, input_size: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(input_size, width), nn.ReLU()]
+            input_size = width
+        self.layers = nn.Sequential(*layers)
+        self.output_size = input_size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.layers(obs.flatten(1).float())
+
+
+class NatureCNNTorso(nn.Module):
+    """Mnih et al. 2015: three conv layers and a dense layer over stacked 84x84 uint8 frames."""
+
+    def __init__(self, obs_shape: Sequence[int], hidden: int) -> None:
+        super().__init__()
+        channels = obs_shape[0]
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
+        self.dense = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.output_size = hidden
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.convs(obs.float() / 255.0))
+
+
+class QNetwork(nn.Module):
+    """Q(s, .) for discrete actions, with an optional dueling head: Q = V + A - mean(A)."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, config: NetworkConfig) -> None:
+        super().__init__()
+        if config.torso == "nature_cnn":
+            if len(obs_shape) != 3:
+                raise ValueError(f"nature_cnn needs (channels, height, width) observations, got {tuple(obs_shape)}")
+            self.torso: nn.Module = NatureCNNTorso(obs_shape, config.hidden[-1])
+        else:
+            self.torso = MLPTorso(int(np.prod(obs_shape)), config.hidden)
+        width = self.torso.output_size
+        self.dueling = config.dueling
+        if self.dueling:
+            self.value = nn.Linear(width, 1)
+            self.advantage = nn.Linear(width, num_actions)
+        else:
+            self.q = nn.Linear(width, num_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.torso(obs)
+        if not self.dueling:
+            return self.q(features)
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+def weights_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Parameters and buffers as CPU numpy arrays, ready to be framed on the wire."""
+    return {name: t.detach().to("cpu").contiguous().numpy() for name, t in model.state_dict().items()}
+
+
+def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Apply received weights after checking names and shapes; a mismatch raises ValueError."""
+    state = model.state_dict()
+    if set(arrays) != set(state):
+        missing, extra = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
+        raise ValueError(f"weights do not fit this network: missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, tensor in state.items():
+        if tuple(arrays[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"weights do not fit this network: {name} {arrays[name].shape} vs {tuple(tensor.shape)}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            source = np.asarray(arrays[name])
+            if not source.flags.writeable:  # received frames are read-only; torch wants writable memory
+                source = source.copy()
+            tensor.copy_(torch.from_numpy(source))

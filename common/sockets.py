@@ -1,0 +1,101 @@
+"""ZeroMQ sockets with the limits every distdqn socket needs: bounded linger, high-water marks, max size.
+
+Why here: an unbounded LINGER keeps a process alive forever at exit when a peer is gone, an unbounded
+queue turns a slow peer into unbounded memory, and without MAXMSGSIZE a single oversized message is
+buffered whole before any decoder can refuse it. Every socket in the system is made by `make_socket`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import zmq
+
+from common.errors import StartupError
+
+LINGER_MS = 500
+BULK_KERNEL_BUFFER = 64 << 10
+MIN_LIBZMQ = (4, 3, 5)
+
+log = logging.getLogger(__name__)
+
+
+def check_libzmq() -> None:
+    """libzmq before 4.3.5 has known remote-crash bugs; refuse to run on it."""
+    version = zmq.zmq_version_info()
+    if tuple(version[:3]) < MIN_LIBZMQ:
+        raise StartupError(f"libzmq {zmq.zmq_version()} is too old: distdqn needs >= {'.'.join(map(str, MIN_LIBZMQ))}")
+
+
+def make_socket(
+    ctx: zmq.Context,
+    socket_type: int,
+    *,
+    hwm: int = 64,
+    max_message_bytes: int | None = None,
+    linger_ms: int = LINGER_MS,
+    kernel_buffer_bytes: int | None = None,
+) -> zmq.Socket:
+    """`kernel_buffer_bytes` caps the OS socket buffers too: on bulk-data sockets they otherwise hold
+    megabytes beyond the high-water mark, and backpressure would only start after that much latency."""
+    sock = ctx.socket(socket_type)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if kernel_buffer_bytes is not None:
+        sock.setsockopt(zmq.SNDBUF, kernel_buffer_bytes)
+        sock.setsockopt(zmq.RCVBUF, kernel_buffer_bytes)
+    if max_message_bytes is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if socket_type == zmq.ROUTER:
+        # A reply to a peer that has gone away is an error we want to see, not a silent drop.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return sock
+
+
+def tcp_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(sock: zmq.Socket, host: str, port: int, what: str) -> str:
+    """Bind with a message that names the port's purpose when it is taken."""
+    address = tcp_address(host, port)
+    if ":" in host:
+        sock.setsockopt(zmq.IPV6, 1)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as err:
+        raise StartupError(f"cannot listen for {what} on {address}: {err.strerror}") from None
+    if not is_loopback(host):
+        log.warning("%s listens on %s: reachable from other machines, use a trusted network only", what, address)
+    return address
+
+
+def connect(sock: zmq.Socket, host: str, port: int) -> str:
+    address = tcp_address(host, port)
+    if ":" in host:
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.connect(address)
+    return address
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'tcp://HOST:PORT' or 'HOST:PORT' -> (host, port), with a clear error for anything else."""
+    text = address.removeprefix("tcp://")
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT or tcp://HOST:PORT, got {address!r}")
+    return host, int(port)

@@ -1,0 +1,314 @@
+"""The wire format: one msgpack header frame plus one raw frame per array. No pickle, ever.
+
+A message is `[header, array_0, array_1, ...]`. The header is a msgpack map:
+
+    {"v": PROTOCOL_VERSION, "k": kind, "s": sender, "n": seq, "m": {meta...},
+     "a": [[name, dtype, [dim, ...]], ...]}
+
+and frame i+1 holds array i's bytes, C-contiguous, little-endian. Receivers rebuild arrays with
+`numpy.frombuffer` (no copy). Every kind has a schema below; `decode` checks the version, the kind
+against the allowlist, meta keys and types, array names, dtypes, ranks, byte lengths, batch lengths
+and that float data is finite, and raises the one `DecodeError` (with a short `reason` for counters)
+for anything else. docs/protocol.md documents the same schemas; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
+MAX_ARRAYS = 256
+MAX_RANK = 8
+MAX_HEADER_BYTES = 1 << 20
+_LITTLE_ENDIAN = np.little_endian
+
+
+class DecodeError(ValueError):
+    """Anything malformed; `reason` is a short stable code used in rejection counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one message kind carries.
+
+    `meta` maps required keys to Python types; `optional_meta` likewise for keys that may be absent.
+    `arrays` maps required array names to allowed dtypes (None: any allowed dtype); `any_arrays` lets a
+    kind carry arbitrary names (weights). `batched` arrays must share their first dimension.
+    """
+
+    meta: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    optional_meta: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    arrays: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    any_arrays: bool = False
+    batched: bool = False
+    doc: str = ""
+
+
+_F32 = frozenset({"float32"})
+_I64 = frozenset({"int64"})
+_NUM = (int, float)
+
+SCHEMAS: dict[str, Schema] = {
+    "hello": Schema(
+        meta={"role": str, "actor_index": int},
+        optional_meta={"host": str, "pid": int},
+        doc="actor/evaluator -> learner: join the run; actor_index -1 asks the learner to assign one",
+    ),
+    "welcome": Schema(
+        meta={"config": dict, "actor_index": int, "run_id": str},
+        doc="learner -> actor: the run config and the actor's global index",
+    ),
+    "get_weights": Schema(doc="actor -> learner: ask for the current weights now (a late joiner never waits)"),
+    "weights": Schema(
+        meta={"version": int},
+        any_arrays=True,
+        doc="learner -> actors (PUB, or reply to get_weights): every parameter tensor of the Q-network",
+    ),
+    "transitions": Schema(
+        meta={"actor_index": int},
+        arrays={
+            "obs": None,
+            "action": _I64,
+            "reward": _F32,
+            "discount": _F32,
+            "next_obs": None,
+            "priority": _F32,
+            "version": _I64,
+        },
+        batched=True,
+        doc="actor -> replay (PUSH): n-step transitions, initial priorities, the weight version that acted",
+    ),
+    "actor_stats": Schema(
+        meta={"actor_index": int, "env_steps": int, "transitions_sent": int, "weight_version": int},
+        optional_meta={"epsilon": _NUM, "steps_per_s": _NUM},
+        arrays={"episode_returns": _F32, "episode_lengths": _I64},
+        batched=True,
+        doc="actor -> learner: cumulative counters and the episodes finished since the last report",
+    ),
+    "eval_result": Schema(
+        meta={"weight_version": int},
+        arrays={"returns": _F32, "lengths": _I64},
+        batched=True,
+        doc="evaluator -> learner: returns of one greedy evaluation",
+    ),
+    "sample": Schema(
+        meta={"batch_size": int, "beta": _NUM},
+        doc="learner -> replay: request one prioritized batch",
+    ),
+    "batch": Schema(
+        meta={"size": int},
+        arrays={
+            "obs": None,
+            "action": _I64,
+            "reward": _F32,
+            "discount": _F32,
+            "next_obs": None,
+            "weight": _F32,
+            "index": _I64,
+            "id": _I64,
+        },
+        batched=True,
+        doc="replay -> learner: a sampled batch with importance weights, slot indices and insert ids",
+    ),
+    "priorities": Schema(
+        arrays={"index": _I64, "id": _I64, "priority": _F32},
+        batched=True,
+        doc="learner -> replay: new priorities; ignored for slots overwritten since they were sampled",
+    ),
+    "stats_request": Schema(doc="anyone -> replay: ask for the replay_stats counters"),
+    "replay_stats": Schema(
+        meta={"size": int, "capacity": int, "inserted": int, "sampled": int, "rejected": dict},
+        optional_meta={"insert_rate": _NUM, "sample_rate": _NUM, "samples_per_insert": _NUM, "waiting": str},
+        doc="replay -> requester: occupancy and counters (rejected maps reason -> count)",
+    ),
+    "stop": Schema(
+        meta={"reason": str},
+        doc="learner -> everyone (PUB): the run is over; actors and evaluators exit",
+    ),
+    "error": Schema(
+        meta={"reason": str},
+        optional_meta={"detail": str},
+        doc="server -> requester: the request was refused (wrong version, malformed, unknown kind)",
+    ),
+}
+
+KINDS = frozenset(SCHEMAS)
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    sender: str
+    seq: int
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    version: int = PROTOCOL_VERSION
+
+
+def encode(
+    kind: str,
+    meta: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    *,
+    sender: str = "",
+    seq: int = 0,
+) -> list[Any]:
+    """Frames for `send_multipart`: the header, then each array's buffer (no copy when contiguous)."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    specs = []
+    buffers: list[Any] = []
+    for name, array in (arrays or {}).items():
+        array = np.asarray(array)
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise ValueError(f"array {name!r}: dtype {array.dtype} is not allowed on the wire")
+        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not _LITTLE_ENDIAN):
+            array = array.astype(array.dtype.newbyteorder("<"))
+        array = np.ascontiguousarray(array)
+        specs.append([name, array.dtype.name, list(array.shape)])
+        buffers.append(memoryview(array).cast("B") if array.size else b"")
+    header = {"v": PROTOCOL_VERSION, "k": kind, "s": sender, "n": seq, "m": dict(meta or {}), "a": specs}
+    return [msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def _frame_bytes(frame: Any) -> memoryview:
+    buffer = getattr(frame, "buffer", None)  # zmq.Frame received with copy=False
+    if buffer is None:
+        buffer = frame
+    view = memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def peek_kind(frames: Sequence[Any]) -> tuple[int, str]:
+    """(version, kind) of a message, for refusing other protocol versions with a clear error reply."""
+    header = _unpack_header(frames)
+    return header.get("v", -1), header.get("k", "")
+
+
+def _unpack_header(frames: Sequence[Any]) -> dict[str, Any]:
+    if not frames:
+        raise DecodeError("empty", "no frames")
+    raw = _frame_bytes(frames[0])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise DecodeError("header_too_large", f"{len(raw)} bytes")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as err:  # msgpack raises several unrelated types for garbage
+        raise DecodeError("bad_header", type(err).__name__) from None
+    if not isinstance(header, dict):
+        raise DecodeError("bad_header", "header is not a map")
+    return header
+
+
+def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> Message:
+    """Validate and rebuild a message. Arrays are read-only views of the received frames."""
+    header = _unpack_header(frames)
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise DecodeError("wrong_version", f"got {version!r}, this peer speaks {PROTOCOL_VERSION}")
+    kind = header.get("k")
+    if not isinstance(kind, str) or kind not in SCHEMAS:
+        raise DecodeError("unknown_kind", repr(kind)[:64])
+    if expect is not None and kind not in expect:
+        raise DecodeError("unexpected_kind", f"{kind} not accepted here")
+    sender, seq, meta, specs = header.get("s"), header.get("n"), header.get("m"), header.get("a")
+    if not isinstance(sender, str) or len(sender) > 256:
+        raise DecodeError("bad_header", "sender")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise DecodeError("bad_header", "seq")
+    if not isinstance(meta, dict) or not isinstance(specs, list):
+        raise DecodeError("bad_header", "meta or arrays")
+    if set(header) - {"v", "k", "s", "n", "m", "a"}:
+        raise DecodeError("bad_header", "unknown header keys")
+    schema = SCHEMAS[kind]
+    _check_meta(kind, schema, meta)
+    if len(specs) > MAX_ARRAYS:
+        raise DecodeError("too_many_arrays", str(len(specs)))
+    if len(frames) != len(specs) + 1:
+        raise DecodeError("frame_count", f"{len(frames) - 1} data frames for {len(specs)} arrays")
+    arrays: dict[str, np.ndarray] = {}
+    for spec, frame in zip(specs, frames[1:], strict=True):
+        name, array = _decode_array(spec, frame)
+        if name in arrays:
+            raise DecodeError("bad_array", f"duplicate array {name!r}")
+        arrays[name] = array
+    _check_arrays(kind, schema, arrays)
+    return Message(kind=kind, sender=sender, seq=seq, meta=meta, arrays=arrays)
+
+
+def _check_meta(kind: str, schema: Schema, meta: dict[str, Any]) -> None:
+    for key in schema.meta:
+        if key not in meta:
+            raise DecodeError("bad_meta", f"{kind}: missing {key!r}")
+    for key, value in meta.items():
+        expected = schema.meta.get(key) or schema.optional_meta.get(key)
+        if expected is None:
+            raise DecodeError("bad_meta", f"{kind}: unknown key {key!r}")
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise DecodeError("bad_meta", f"{kind}: {key!r} has type {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DecodeError("bad_meta", f"{kind}: {key!r} is not finite")
+
+
+def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:
+    if not (isinstance(spec, list) and len(spec) == 3):
+        raise DecodeError("bad_array", "spec must be [name, dtype, shape]")
+    name, dtype, shape = spec
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise DecodeError("bad_array", "name")
+    if dtype not in ALLOWED_DTYPES:
+        raise DecodeError("bad_dtype", f"{name}: {str(dtype)[:32]}")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise DecodeError("bad_shape", f"{name}: shape")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
+        raise DecodeError("bad_shape", f"{name}: dimensions")
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    buffer = _frame_bytes(frame)
+    expected = math.prod(shape) * np_dtype.itemsize
+    if len(buffer) != expected:
+        raise DecodeError("bad_length", f"{name}: {len(buffer)} bytes, shape needs {expected}")
+    array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise DecodeError("non_finite", name)
+    return name, array
+
+
+def _check_arrays(kind: str, schema: Schema, arrays: dict[str, np.ndarray]) -> None:
+    if not schema.any_arrays:
+        missing = set(schema.arrays) - set(arrays)
+        extra = set(arrays) - set(schema.arrays)
+        if missing or extra:
+            raise DecodeError("bad_arrays", f"{kind}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name, dtypes in schema.arrays.items():
+            if dtypes is not None and arrays[name].dtype.name not in dtypes:
+                raise DecodeError("bad_dtype", f"{kind}.{name}: {arrays[name].dtype.name}")
+    if schema.batched and arrays:
+        lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise DecodeError("bad_shape", f"{kind}: arrays must share their first dimension")
+
+
+class Encoder:
+    """Stamps a sender id and an increasing sequence number on every message from one socket owner."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.seq = 0
+
+    def __call__(
+        self, kind: str, meta: Mapping[str, Any] | None = None, arrays: Mapping[str, np.ndarray] | None = None
+    ) -> list[Any]:
+        self.seq += 1
+        return encode(kind, meta, arrays, sender=self.sender, seq=self.seq)

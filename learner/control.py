@@ -1,0 +1,179 @@
+"""The learner's control plane, in its own thread: actors join, fetch weights, report statistics.
+
+It owns two sockets: a ROUTER where actors and evaluators say hello (and get the run config and their
+global index back), ask for the current weights, and send episode statistics and evaluation results;
+and the PUB socket on which every new weight version and the final stop are broadcast. Publishing from
+this thread keeps the update loop from ever waiting on a slow subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from common.config import RunConfig
+from common.sockets import bind, make_socket
+from common.wire import DecodeError, Encoder, Message, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActorRecord:
+    index: int
+    env_steps: int = 0
+    transitions_sent: int = 0
+    weight_version: int = -1
+    epsilon: float = float("nan")
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class ControlServer(threading.Thread):
+    def __init__(self, config: RunConfig, ctx: zmq.Context) -> None:
+        super().__init__(name="control", daemon=True)
+        self.config = config
+        self.run_id = uuid.uuid4().hex[:12]
+        self._lock = threading.Lock()
+        self._weights: tuple[int, dict[str, np.ndarray]] | None = None
+        self._publish_pending = False
+        self._stop_reason: str | None = None
+        self._closing = threading.Event()
+        self._next_index = config.actor.num_actors  # explicit indices 0..N-1 belong to launched actors
+        self.actors: dict[int, ActorRecord] = {}
+        self.env_steps = 0  # summed from the actors' cumulative counters, restarts included
+        self.episode_returns: deque[float] = deque(maxlen=100)
+        self.new_returns: list[float] = []
+        self.eval_results: list[tuple[int, np.ndarray]] = []
+        self.rejected = 0
+        max_bytes = config.net.max_message_mb << 20
+        self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
+        self.pub = make_socket(ctx, zmq.PUB, hwm=4)
+        self.control_address = bind(self.router, config.net.bind_host, config.net.learner_port, "learner control")
+        self.weights_address = bind(self.pub, config.net.bind_host, config.net.weights_port, "weight broadcast")
+        self._encode = Encoder("learner")
+
+    # ---- called from the update loop ----------------------------------------------------------
+    def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._weights = (version, arrays)
+            self._publish_pending = True
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+
+    def close(self) -> None:
+        self._closing.set()
+        self.join(timeout=5)
+
+    def take_statistics(self) -> tuple[list[float], list[tuple[int, np.ndarray]]]:
+        """Episode returns and evaluation results that arrived since the last call."""
+        with self._lock:
+            returns, self.new_returns = self.new_returns, []
+            evals, self.eval_results = self.eval_results, []
+        return returns, evals
+
+    # ---- thread -------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self._closing.is_set():
+                if self._publish_pending:
+                    self._publish()
+                if self._stop_reason is not None:
+                    self._broadcast_stop()
+                if self.router.poll(10):
+                    for _ in range(128):
+                        try:
+                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+            if self._stop_reason is not None:
+                self._broadcast_stop()
+        finally:
+            self.router.close()
+            self.pub.close()
+
+    def _broadcast_stop(self) -> None:
+        # PUB drops for subscribers that are mid-reconnect; repeat so everyone hears it.
+        frames = self._encode("stop", {"reason": self._stop_reason or "stop"})
+        self.pub.send_multipart(frames)
+
+    def _publish(self) -> None:
+        with self._lock:
+            self._publish_pending = False
+            version, arrays = self._weights  # type: ignore[misc]
+        self.pub.send_multipart(self._encode("weights", {"version": version}, arrays), copy=False)
+
+    def _reply(self, identity: bytes, frames: list) -> None:
+        try:
+            self.router.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError as err:
+            log.debug("reply failed: %s", err)
+
+    def _handle(self, frames: list) -> None:
+        if len(frames) < 2:
+            self.rejected += 1
+            return
+        identity = frames[0].bytes
+        try:
+            msg = decode(frames[1:], expect=("hello", "get_weights", "actor_stats", "eval_result"))
+        except DecodeError as err:
+            self.rejected += 1
+            if self.rejected <= 20:
+                log.warning("rejected a control message: %s", err)
+            if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
+                self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))
+            return
+        if msg.kind == "hello":
+            self._hello(identity, msg)
+        elif msg.kind == "get_weights":
+            with self._lock:
+                weights = self._weights
+            if weights is not None:
+                self._reply(identity, self._encode("weights", {"version": weights[0]}, weights[1]))
+            else:
+                self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
+        elif msg.kind == "actor_stats":
+            self._actor_stats(msg)
+        else:
+            with self._lock:
+                self.eval_results.append((msg.meta["weight_version"], np.array(msg.arrays["returns"])))
+
+    def _hello(self, identity: bytes, msg: Message) -> None:
+        index = msg.meta["actor_index"]
+        if msg.meta["role"] == "actor" and index < 0:
+            index = self._next_index
+            self._next_index += 1
+        log.info(
+            "%s %d joined from %s (pid %s)", msg.meta["role"], index, msg.meta.get("host", "?"), msg.meta.get("pid")
+        )
+        welcome = {"config": self.config.to_dict(), "actor_index": index, "run_id": self.run_id}
+        self._reply(identity, self._encode("welcome", welcome))
+
+    def _actor_stats(self, msg: Message) -> None:
+        meta = msg.meta
+        with self._lock:
+            record = self.actors.setdefault(meta["actor_index"], ActorRecord(meta["actor_index"]))
+            steps = meta["env_steps"]
+            # A restarted actor counts from zero again: its new total is all new steps.
+            self.env_steps += steps - record.env_steps if steps >= record.env_steps else steps
+            record.env_steps = steps
+            record.transitions_sent = meta["transitions_sent"]
+            record.weight_version = meta["weight_version"]
+            record.epsilon = float(meta.get("epsilon", float("nan")))
+            record.last_seen = time.monotonic()
+            returns = msg.arrays["episode_returns"].tolist()
+            self.new_returns.extend(returns)
+            self.episode_returns.extend(returns)
+
+    def alive_actors(self, within_s: float = 10.0) -> list[ActorRecord]:
+        now = time.monotonic()
+        with self._lock:
+            return [r for r in self.actors.values() if now - r.last_seen <= within_s]

@@ -1,0 +1,143 @@
+"""The learner's side of the replay server: batches prefetched in a thread, priorities sent from it.
+
+Why a thread: the update loop should never wait on the network when data exists. This thread keeps
+`prefetch` sample requests in flight, turns each reply into tensors (pinned host memory when training on
+CUDA, so the copy to the device can overlap the update), and queues them. Priority updates go the other
+way through a queue, so sending them never sits in the update loop's critical path. The ZeroMQ socket
+lives and dies in this thread alone (sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zmq
+
+from common.config import RunConfig
+from common.sockets import connect, make_socket
+from common.wire import DecodeError, Encoder, decode
+
+log = logging.getLogger(__name__)
+
+STATS_PERIOD_S = 1.0
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    discount: torch.Tensor
+    next_obs: torch.Tensor
+    weight: torch.Tensor
+    index: np.ndarray
+    id: np.ndarray
+
+
+class ReplayClient(threading.Thread):
+    def __init__(self, config: RunConfig, host: str, *, pin_memory: bool, ctx: zmq.Context) -> None:
+        super().__init__(name="replay-client", daemon=True)
+        self.config = config
+        self.host = host
+        self.pin_memory = pin_memory
+        self.ctx = ctx
+        self.batches: queue.Queue[Batch] = queue.Queue(maxsize=config.learner.prefetch)
+        self.priorities: queue.Queue[tuple[np.ndarray, np.ndarray, np.ndarray]] = queue.Queue()
+        self.beta = config.replay.beta_start
+        self.stats: dict = {}
+        self.decode_errors = 0
+        self._closing = threading.Event()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.join(timeout=5)
+
+    def get_batch(self, timeout: float) -> Batch | None:
+        try:
+            return self.batches.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def send_priorities(self, index: np.ndarray, ids: np.ndarray, priority: np.ndarray) -> None:
+        self.priorities.put((index, ids, priority))
+
+    def _to_batch(self, arrays: dict[str, np.ndarray]) -> Batch:
+        def tensor(name: str) -> torch.Tensor:
+            t = torch.from_numpy(np.array(arrays[name]))  # copy: the frame's memory is read-only
+            return t.pin_memory() if self.pin_memory else t
+
+        return Batch(
+            obs=tensor("obs"),
+            action=tensor("action"),
+            reward=tensor("reward"),
+            discount=tensor("discount"),
+            next_obs=tensor("next_obs"),
+            weight=tensor("weight"),
+            index=np.array(arrays["index"]),
+            id=np.array(arrays["id"]),
+        )
+
+    def run(self) -> None:
+        net = self.config.net
+        sock = make_socket(self.ctx, zmq.DEALER, hwm=1024, max_message_bytes=net.max_message_mb << 20)
+        connect(sock, self.host, net.sample_port)
+        encode = Encoder("learner")
+        in_flight = 0
+        next_stats = 0.0
+        last_reply = time.monotonic()
+        try:
+            while not self._closing.is_set():
+                while in_flight < self.config.learner.prefetch and not self.batches.full():
+                    meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
+                    sock.send_multipart(encode("sample", meta))
+                    in_flight += 1
+                while True:
+                    try:
+                        index, ids, priority = self.priorities.get_nowait()
+                    except queue.Empty:
+                        break
+                    sock.send_multipart(
+                        encode("priorities", arrays={"index": index, "id": ids, "priority": priority}), copy=False
+                    )
+                now = time.monotonic()
+                if now >= next_stats:
+                    sock.send_multipart(encode("stats_request"))
+                    next_stats = now + STATS_PERIOD_S
+                if now - last_reply > 30 and in_flight:
+                    # The server may have restarted and forgotten our requests: ask again.
+                    log.warning("no reply from replay for %.0f s; re-sending sample requests", now - last_reply)
+                    in_flight = 0
+                    last_reply = now
+                    continue
+                if not sock.poll(20):
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                last_reply = time.monotonic()
+                try:
+                    msg = decode(frames, expect=("batch", "replay_stats", "error"))
+                except DecodeError as err:
+                    self.decode_errors += 1
+                    log.warning("bad reply from replay: %s", err)
+                    continue
+                if msg.kind == "batch":
+                    in_flight -= 1
+                    batch = self._to_batch(msg.arrays)
+                    while not self._closing.is_set():
+                        try:
+                            self.batches.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                elif msg.kind == "replay_stats":
+                    self.stats = msg.meta
+                else:
+                    in_flight = max(in_flight - 1, 0)
+                    log.error("replay refused a request: %s", msg.meta)
+        finally:
+            sock.close(linger=200)

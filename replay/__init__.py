@@ -1,0 +1,1 @@
+"""Replay server: prioritized experience storage and sampling for distributed DQN."""

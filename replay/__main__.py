@@ -1,0 +1,37 @@
+"""`python -m replay` / `distdqn-replay`: run the replay server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from common.cli import config_from_args, config_parser
+from common.envs import env_spec
+from common.process import install_stop_handlers, run_cli, setup_logging
+from common.sockets import check_libzmq
+
+
+def _main() -> int:
+    parser = config_parser("distdqn-replay", "Replay server: stores actors' transitions, serves batches.")
+    args = parser.parse_args()
+    config = config_from_args(args)
+    setup_logging("replay", verbose=args.verbose)
+    check_libzmq()
+    stop = install_stop_handlers()
+    from replay.server import ReplayServer
+
+    server = ReplayServer(config, env_spec(config.env))
+    try:
+        server.run(stop)
+    finally:
+        server.close()
+        logging.shutdown()
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_cli(_main))
+
+
+if __name__ == "__main__":
+    main()

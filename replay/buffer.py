@@ -1,0 +1,454 @@
+"""Preallocated replay storage with ring eviction and proportional prioritization.
+
+Ape-X replay servers hold millions of transitions and serve large batches, so
+storage is one preallocated array per field and every hot path (add, sample,
+priority update) is a handful of vectorized numpy operations.  Prioritization
+follows Schaul et al. (2016), "Prioritized Experience Replay", proportional
+variant with stratified sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from replay.sum_tree import SumTree
+
+_DATA_PREFIX = "data."
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Per-transition layout of one stored field (no batch dimension).
+
+    Normalized on construction so specs compare equal regardless of whether
+    they were written with lists / dtype strings or tuples / ``np.dtype``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(d) for d in self.shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"field shape must be non-negative, got {shape}")
+        dtype = np.dtype(self.dtype)
+        if dtype.hasobject:
+            raise ValueError("object dtypes are not supported (storage must be plain numeric)")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """A sampled batch plus what the learner needs to send priorities back.
+
+    ``indices`` and ``ids`` together identify each sampled transition so that
+    a later ``update_priorities`` can detect slots overwritten meanwhile.
+    """
+
+    indices: np.ndarray
+    ids: np.ndarray
+    weights: np.ndarray
+    data: dict[str, np.ndarray]
+
+
+def _check_priorities(priorities: Any, n: int, what: str) -> np.ndarray:
+    p = np.asarray(priorities, dtype=np.float64)
+    if p.shape != (n,):
+        raise ValueError(f"{what} must have shape ({n},), got {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{what} must be finite")
+    if np.any(p < 0):
+        raise ValueError(f"{what} must be non-negative")
+    return p
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+class ReplayBuffer:
+    """Fixed-capacity transition store, evicting the oldest insert first.
+
+    Every insert gets a unique, monotonically increasing id (counting all
+    inserts ever made, including ones immediately evicted), which lets stale
+    priority updates for overwritten slots be recognised and dropped.
+
+    With ``prioritized=True`` slot ``i`` is sampled with probability
+    ``(p_i + eps)^alpha / sum_j (p_j + eps)^alpha`` where ``p_i`` is the raw
+    priority (e.g. |TD error|).  ``alpha`` is restricted to ``[0, 1]`` and
+    ``priority_eps`` to be positive so every stored transition keeps a strictly
+    positive, finite sampling weight.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        fields: Mapping[str, FieldSpec],
+        *,
+        prioritized: bool = True,
+        alpha: float = 0.6,
+        priority_eps: float = 1e-6,
+        seed: int | None = None,
+    ) -> None:
+        if not _is_int(capacity) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        if not isinstance(fields, Mapping) or len(fields) == 0:
+            raise ValueError("fields must be a non-empty mapping of name -> FieldSpec")
+        for name, spec in fields.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"field names must be non-empty strings, got {name!r}")
+            if not isinstance(spec, FieldSpec):
+                raise ValueError(f"field {name!r}: expected FieldSpec, got {type(spec).__name__}")
+        if not isinstance(prioritized, bool):
+            raise ValueError(f"prioritized must be a bool, got {prioritized!r}")
+        alpha = float(alpha)
+        if not (0.0 <= alpha <= 1.0):
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        priority_eps = float(priority_eps)
+        if not (np.isfinite(priority_eps) and priority_eps > 0.0):
+            raise ValueError(f"priority_eps must be positive and finite, got {priority_eps}")
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+
+        self._capacity = int(capacity)
+        self._fields: dict[str, FieldSpec] = dict(fields)
+        self._prioritized = prioritized
+        self._alpha = alpha
+        self._eps = priority_eps
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+
+        self._data: dict[str, np.ndarray] = {
+            name: np.zeros((self._capacity, *spec.shape), dtype=spec.dtype) for name, spec in self._fields.items()
+        }
+        self._ids = np.full(self._capacity, -1, dtype=np.int64)
+        self._tree = SumTree(self._capacity) if prioritized else None
+        self._cursor = 0
+        self._size = 0
+        self._inserted_total = 0
+        self._sampled_total = 0
+        self._stale_updates = 0
+        self._max_priority = 1.0
+
+    # ------------------------------------------------------------------ info
+    @property
+    def capacity(self) -> int:
+        """Maximum number of stored transitions."""
+        return self._capacity
+
+    @property
+    def size(self) -> int:
+        """Number of transitions currently stored."""
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        """Copy of the field specs this buffer stores."""
+        return dict(self._fields)
+
+    @property
+    def prioritized(self) -> bool:
+        """Whether sampling is proportional to priority (else uniform)."""
+        return self._prioritized
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Read-only view of per-slot insert ids (-1 for never-written slots)."""
+        view = self._ids.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def inserted_total(self) -> int:
+        """Transitions ever passed to ``add`` (including ones evicted at once)."""
+        return self._inserted_total
+
+    @property
+    def sampled_total(self) -> int:
+        """Transitions handed out by ``sample`` so far."""
+        return self._sampled_total
+
+    @property
+    def stale_priority_updates(self) -> int:
+        """Priority updates dropped because their slot had been overwritten."""
+        return self._stale_updates
+
+    @property
+    def max_priority(self) -> float:
+        """Largest raw priority seen; default for inserts without priorities."""
+        return self._max_priority
+
+    def _leaf_values(self, raw: np.ndarray) -> np.ndarray:
+        return (raw + self._eps) ** self._alpha
+
+    # ------------------------------------------------------------------- add
+    def add(self, batch: Mapping[str, np.ndarray], priorities: np.ndarray | None = None) -> np.ndarray:
+        """Insert B transitions; return the slots of the ones kept.
+
+        If B > capacity only the last ``capacity`` rows are stored (as if
+        inserted one by one), but all B count as inserted and consume ids.
+        The returned int64 slots align with ``batch[...][-len(slots):]``.
+        Everything is validated before anything is written.
+        """
+        if not isinstance(batch, Mapping):
+            raise ValueError("batch must be a mapping of field name -> array")
+        missing = self._fields.keys() - batch.keys()
+        extra = batch.keys() - self._fields.keys()
+        if missing or extra:
+            raise ValueError(
+                f"batch fields do not match spec: missing={sorted(missing)}, unexpected={sorted(map(str, extra))}"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        n: int | None = None
+        for name, spec in self._fields.items():
+            arr = np.asarray(batch[name])
+            if arr.dtype != spec.dtype:
+                raise ValueError(f"field {name!r}: dtype {arr.dtype} != spec {spec.dtype}")
+            if arr.ndim != 1 + len(spec.shape) or arr.shape[1:] != spec.shape:
+                raise ValueError(f"field {name!r}: shape {arr.shape} != (B, *{spec.shape})")
+            if n is None:
+                n = arr.shape[0]
+            elif arr.shape[0] != n:
+                raise ValueError(f"field {name!r}: batch size {arr.shape[0]} != {n} of other fields")
+            arrays[name] = arr
+        assert n is not None
+
+        leaf: np.ndarray | None = None
+        raw: np.ndarray | None = None
+        if priorities is not None:
+            raw = _check_priorities(priorities, n, "priorities")
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+
+        kept = min(n, self._capacity)
+        offset = n - kept
+        if self._tree is not None:
+            if raw is None:
+                leaf = np.full(kept, self._leaf_values(np.float64(self._max_priority)))
+            else:
+                leaf = self._leaf_values(raw[offset:])
+
+        # Row j of the batch goes where a one-by-one insert would put it.
+        rows = np.arange(offset, n, dtype=np.int64)
+        slots = (self._cursor + rows) % self._capacity
+        for name, arr in arrays.items():
+            self._data[name][slots] = arr[offset:]
+        self._ids[slots] = self._inserted_total + rows
+        if self._tree is not None:
+            assert leaf is not None
+            self._tree.update(slots, leaf)
+        if raw is not None:
+            self._max_priority = max(self._max_priority, float(raw.max()))
+
+        self._cursor = (self._cursor + n) % self._capacity
+        self._size = min(self._size + n, self._capacity)
+        self._inserted_total += n
+        return slots
+
+    # ---------------------------------------------------------------- sample
+    def sample(self, batch_size: int, beta: float) -> SampleResult:
+        """Draw ``batch_size`` transitions (with replacement).
+
+        Prioritized mode uses stratified sampling: [0, total) is split into
+        ``batch_size`` equal segments with one uniform draw in each, which
+        lowers the variance of batch composition without changing each slot's
+        marginal probability.  Importance weights are ``(N * P(i))^-beta``
+        normalized by the maximum weight **within this sampled batch** (not
+        over the whole buffer), so the largest weight in a batch is exactly 1;
+        this avoids tracking the global minimum priority.  Uniform mode draws
+        slots uniformly among stored ones and returns all-ones weights.
+        """
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        beta = float(beta)
+        if not (np.isfinite(beta) and beta >= 0.0):
+            raise ValueError(f"beta must be finite and non-negative, got {beta}")
+        if self._size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+
+        if self._tree is None:
+            indices = self._rng.integers(0, self._size, size=batch_size, dtype=np.int64)
+            weights = np.ones(batch_size, dtype=np.float32)
+        else:
+            total = self._tree.total
+            if not (np.isfinite(total) and total > 0.0):
+                raise ValueError(f"priority sum is not usable for sampling: {total}")
+            segment = total / batch_size
+            targets = (np.arange(batch_size) + self._rng.random(batch_size)) * segment
+            indices = self._tree.find_prefix(targets).astype(np.int64, copy=False)
+            leaf = self._tree.get(indices)
+            # (N*P_i)^-beta / max_j (N*P_j)^-beta == (min_j p_j / p_i)^beta:
+            # N and the total cancel, and no huge intermediates can overflow.
+            weights = ((leaf.min() / leaf) ** beta).astype(np.float32)
+
+        ids = self._ids[indices]
+        data = {name: np.take(arr, indices, axis=0) for name, arr in self._data.items()}
+        self._sampled_total += batch_size
+        return SampleResult(indices=indices, ids=ids, weights=weights, data=data)
+
+    # -------------------------------------------------------------- priority
+    def update_priorities(self, indices: np.ndarray, ids: np.ndarray, priorities: np.ndarray) -> int:
+        """Set raw priorities for sampled slots that still hold the same insert.
+
+        Entries whose slot was overwritten since sampling (id mismatch) are
+        dropped and counted in ``stale_priority_updates``.  Returns how many
+        entries matched.  In uniform mode matching entries are counted but
+        there is nothing to store.  All inputs are validated before any write.
+        """
+        idx = np.asarray(indices)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
+        n = idx.shape[0]
+        if n and not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        if n and (idx.min() < 0 or idx.max() >= self._capacity):
+            raise ValueError(f"indices must lie in [0, {self._capacity})")
+        id_arr = np.asarray(ids)
+        if id_arr.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), got {id_arr.shape}")
+        if n and not np.issubdtype(id_arr.dtype, np.integer):
+            raise ValueError(f"ids must be integers, got dtype {id_arr.dtype}")
+        raw = _check_priorities(priorities, n, "priorities")
+        if n == 0:
+            return 0
+
+        current = self._ids[idx]
+        # current >= 0 also rejects a caller-supplied -1 for an empty slot.
+        match = (current == id_arr) & (current >= 0)
+        applied = int(np.count_nonzero(match))
+        self._stale_updates += n - applied
+        if applied:
+            if self._tree is not None:
+                self._tree.update(idx[match], self._leaf_values(raw[match]))
+            self._max_priority = max(self._max_priority, float(raw[match].max()))
+        return applied
+
+    # ------------------------------------------------------------- snapshots
+    def state_dict(self) -> dict[str, np.ndarray | int | float]:
+        """Snapshot of everything needed to resume bit-for-bit.
+
+        Only numpy arrays (copies, never views of live storage) and Python
+        scalars, so it can be written with ``np.savez`` and read back with
+        ``allow_pickle=False``.
+        """
+        state: dict[str, np.ndarray | int | float] = {
+            "capacity": self._capacity,
+            "prioritized": int(self._prioritized),
+            "alpha": self._alpha,
+            "priority_eps": self._eps,
+            "cursor": self._cursor,
+            "size": self._size,
+            "inserted_total": self._inserted_total,
+            "sampled_total": self._sampled_total,
+            "stale_priority_updates": self._stale_updates,
+            "max_priority": self._max_priority,
+            "ids": self._ids.copy(),
+            "rng_state": _encode_pcg64(self._rng),
+        }
+        if self._tree is not None:
+            state["priorities"] = self._tree.values()
+        for name, arr in self._data.items():
+            state[_DATA_PREFIX + name] = arr.copy()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` snapshot into this buffer.
+
+        The buffer's configuration (capacity, fields, mode, alpha, eps) must
+        match the snapshot, because stored tree values depend on alpha/eps.
+        Everything is validated before anything is modified.
+        """
+
+        def scalar(key: str) -> Any:
+            if key not in state:
+                raise ValueError(f"state_dict is missing {key!r}")
+            return np.asarray(state[key]).item()
+
+        def array(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            if key not in state:
+                raise ValueError(f"state_dict is missing {key!r}")
+            arr = np.asarray(state[key])
+            if arr.shape != shape or arr.dtype != dtype:
+                raise ValueError(f"state_dict[{key!r}]: expected {dtype}{shape}, got {arr.dtype}{arr.shape}")
+            return arr
+
+        cap = self._capacity
+        config = {
+            "capacity": cap,
+            "prioritized": int(self._prioritized),
+            "alpha": self._alpha,
+            "priority_eps": self._eps,
+        }
+        for key, expected in config.items():
+            if scalar(key) != expected:
+                raise ValueError(f"state_dict {key}={scalar(key)!r} does not match buffer's {expected!r}")
+        data_keys = {k[len(_DATA_PREFIX) :] for k in state if k.startswith(_DATA_PREFIX)}
+        if data_keys != set(self._fields):
+            raise ValueError(f"state_dict fields {sorted(data_keys)} != buffer fields {sorted(self._fields)}")
+        data = {name: array(_DATA_PREFIX + name, (cap, *spec.shape), spec.dtype) for name, spec in self._fields.items()}
+        ids = array("ids", (cap,), np.dtype(np.int64))
+        prios = None
+        if self._tree is not None:
+            prios = array("priorities", (cap,), np.dtype(np.float64))
+            if not (np.all(np.isfinite(prios)) and np.all(prios >= 0)):
+                raise ValueError("state_dict priorities must be finite and non-negative")
+        rng = np.random.Generator(np.random.PCG64(0))
+        try:
+            _decode_pcg64(rng, array("rng_state", (6,), np.dtype(np.uint64)))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"state_dict rng_state is invalid: {exc}") from exc
+        cursor, size = int(scalar("cursor")), int(scalar("size"))
+        counters = {k: int(scalar(k)) for k in ("inserted_total", "sampled_total", "stale_priority_updates")}
+        max_priority = float(scalar("max_priority"))
+        if not (0 <= cursor < cap and 0 <= size <= cap):
+            raise ValueError(f"state_dict cursor={cursor}/size={size} invalid for capacity {cap}")
+        if any(v < 0 for v in counters.values()) or size > counters["inserted_total"]:
+            raise ValueError("state_dict counters are inconsistent")
+        if not (np.isfinite(max_priority) and max_priority >= 0):
+            raise ValueError("state_dict max_priority must be finite and non-negative")
+
+        for name, arr in data.items():
+            self._data[name][...] = arr
+        self._ids[...] = ids
+        if self._tree is not None:
+            assert prios is not None
+            fresh = SumTree(cap)
+            fresh.update(np.arange(cap, dtype=np.int64), prios)
+            self._tree = fresh
+        self._rng = rng
+        self._cursor, self._size = cursor, size
+        self._inserted_total = counters["inserted_total"]
+        self._sampled_total = counters["sampled_total"]
+        self._stale_updates = counters["stale_priority_updates"]
+        self._max_priority = max_priority
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _encode_pcg64(rng: np.random.Generator) -> np.ndarray:
+    """PCG64 state as uint64 words (its 128-bit ints don't fit numpy ints)."""
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        raise ValueError(f"unsupported bit generator {st['bit_generator']}")
+    s, inc = int(st["state"]["state"]), int(st["state"]["inc"])
+    words = [s >> 64, s & _MASK64, inc >> 64, inc & _MASK64, st["has_uint32"], st["uinteger"]]
+    return np.array(words, dtype=np.uint64)
+
+
+def _decode_pcg64(rng: np.random.Generator, words: np.ndarray) -> None:
+    w = [int(x) for x in words]
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+        "has_uint32": w[4],
+        "uinteger": w[5],
+    }

@@ -1,0 +1,284 @@
+"""The replay server process: ingests actors' transitions, serves prioritized batches to the learner.
+
+One thread, one poll loop. Actors PUSH to a PULL socket (bulk data); the learner talks to a ROUTER
+socket (sample requests, priority updates, statistics) so that several requests can be in flight and a
+learner that dies never wedges the server in a REQ/REP lockstep. Backpressure is ZeroMQ's own: while
+the rate limiter holds inserts back, the server stops reading the PULL socket, the actors' send queues
+fill to their high-water mark, and the actors wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from common.config import RunConfig
+from common.envs import EnvSpec
+from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
+from common.wire import DecodeError, Encoder, Message, decode
+from replay.buffer import FieldSpec, ReplayBuffer
+from replay.rate_limiter import SampleToInsertRatio
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 50
+
+
+def transition_fields(spec: EnvSpec) -> dict[str, FieldSpec]:
+    """The stored columns of one n-step transition."""
+    obs = FieldSpec(spec.obs_shape, np.dtype(spec.obs_dtype))
+    return {
+        "obs": obs,
+        "action": FieldSpec((), np.dtype(np.int64)),
+        "reward": FieldSpec((), np.dtype(np.float32)),
+        "discount": FieldSpec((), np.dtype(np.float32)),
+        "next_obs": obs,
+    }
+
+
+@dataclass
+class _PendingSample:
+    identity: bytes
+    batch_size: int
+    beta: float
+    since: float
+
+
+class ReplayServer:
+    def __init__(self, config: RunConfig, spec: EnvSpec, *, ctx: zmq.Context | None = None) -> None:
+        self.config = config
+        self.spec = spec
+        rc = config.replay
+        self.buffer = ReplayBuffer(
+            rc.capacity,
+            transition_fields(spec),
+            prioritized=rc.prioritized,
+            alpha=rc.alpha,
+            seed=config.seed + 7919,
+        )
+        self.limiter = SampleToInsertRatio.for_run(
+            rc.samples_per_insert, rc.min_size, rc.rate_tolerance, config.actor.send_size, config.learner.batch_size
+        )
+        self.max_insert = config.actor.send_size
+        self.rejected: Counter[str] = Counter()
+        self.stored_by_actor: Counter[int] = Counter()
+        self._held: tuple[Message, int] | None = None  # a decoded insert waiting for the rate limiter
+        self._pending: deque[_PendingSample] = deque()
+        self._encode = Encoder("replay")
+        self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
+        self._owns_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        max_bytes = config.net.max_message_mb << 20
+        self.ingest = make_socket(
+            self.ctx,
+            zmq.PULL,
+            hwm=config.net.send_hwm,
+            max_message_bytes=max_bytes,
+            kernel_buffer_bytes=BULK_KERNEL_BUFFER,
+        )
+        self.requests = make_socket(self.ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
+        host = config.net.bind_host
+        self.ingest_address = bind(self.ingest, host, config.net.ingest_port, "replay ingest")
+        self.sample_address = bind(self.requests, host, config.net.sample_port, "replay sampling")
+
+    # ---- ingest -------------------------------------------------------------------------------
+    def _decode_insert(self, frames: list) -> tuple[Message, int] | None:
+        try:
+            msg = decode(frames, expect=("transitions",))
+        except DecodeError as err:
+            self._reject(err.reason, err)
+            return None
+        a = msg.arrays
+        count = a["action"].shape[0]
+        shape, dtype = self.spec.obs_shape, self.spec.obs_dtype
+        for name in ("obs", "next_obs"):
+            if a[name].shape[1:] != shape or a[name].dtype != dtype:
+                self._reject("wrong_obs_spec", f"{name} {a[name].dtype}{a[name].shape[1:]} vs {dtype}{shape}")
+                return None
+        checks = (
+            (count == 0, "empty_batch"),
+            (count > self.max_insert, "batch_too_large"),
+            (a["action"].ndim != 1 or a["reward"].ndim != 1 or a["discount"].ndim != 1, "bad_shape"),
+            (bool(((a["action"] < 0) | (a["action"] >= self.spec.num_actions)).any()), "bad_action"),
+            (bool(((a["discount"] < 0) | (a["discount"] > 1)).any()), "bad_discount"),
+            (a["priority"].ndim != 1 or bool((a["priority"] < 0).any()), "bad_priority"),
+        )
+        for failed, reason in checks:
+            if failed:
+                self._reject(reason, f"from actor {msg.meta['actor_index']}")
+                return None
+        return msg, count
+
+    def _store(self, msg: Message, count: int) -> None:
+        a = msg.arrays
+        batch = {name: a[name] for name in ("obs", "action", "reward", "discount", "next_obs")}
+        self.buffer.add(batch, a["priority"])
+        self.stored_by_actor[msg.meta["actor_index"]] += count
+
+    def _can_insert(self, count: int) -> bool:
+        if self.limiter is None:
+            return True
+        return self.limiter.can_insert(self.buffer.inserted_total, self.buffer.sampled_total, count)
+
+    def _ingest_ready(self, budget: int) -> None:
+        """Read and store up to `budget` messages, stopping as soon as the limiter says wait."""
+        for _ in range(budget):
+            if self._held is not None:
+                msg, count = self._held
+                if not self._can_insert(count):
+                    return
+                self._held = None
+                self._store(msg, count)
+            try:
+                frames = self.ingest.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            decoded = self._decode_insert(frames)
+            if decoded is not None:
+                self._held = decoded
+
+    # ---- sampling -----------------------------------------------------------------------------
+    def _can_sample(self, count: int) -> bool:
+        if self.buffer.size < self.config.replay.min_size:
+            return False
+        if self.limiter is None:
+            return True
+        return self.limiter.can_sample(self.buffer.inserted_total, self.buffer.sampled_total, count)
+
+    def _serve_pending(self) -> None:
+        while self._pending and self._can_sample(self._pending[0].batch_size):
+            request = self._pending.popleft()
+            result = self.buffer.sample(request.batch_size, request.beta)
+            arrays = dict(result.data)
+            arrays.update(weight=result.weights, index=result.indices, id=result.ids)
+            self._reply(request.identity, "batch", {"size": request.batch_size}, arrays)
+
+    def _reply(self, identity: bytes, kind: str, meta: dict, arrays: dict | None = None) -> None:
+        try:
+            self.requests.send_multipart([identity, *self._encode(kind, meta, arrays)], copy=False)
+        except zmq.ZMQError as err:  # the peer went away (ROUTER_MANDATORY) or its queue is full
+            self.rejected["reply_failed"] += 1
+            log.debug("reply %s failed: %s", kind, err)
+
+    def _handle_request(self, frames: list) -> None:
+        if len(frames) < 2:
+            self._reject("bad_envelope", "no identity")
+            return
+        identity, body = frames[0].bytes, frames[1:]
+        try:
+            msg = decode(body, expect=("sample", "priorities", "stats_request"))
+        except DecodeError as err:
+            self._reject(err.reason, err)
+            if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
+                self._reply(identity, "error", {"reason": err.reason, "detail": str(err)[:200]})
+            return
+        if msg.kind == "sample":
+            size, beta = msg.meta["batch_size"], float(msg.meta["beta"])
+            if not 1 <= size <= self.buffer.capacity or not 0 <= beta <= 1:
+                self._reject("bad_sample_request", f"batch_size={size} beta={beta}")
+                self._reply(identity, "error", {"reason": "bad_sample_request"})
+                return
+            self._pending.append(_PendingSample(identity, size, beta, time.monotonic()))
+        elif msg.kind == "priorities":
+            a = msg.arrays
+            index = a["index"]
+            if index.ndim != 1 or bool(((index < 0) | (index >= self.buffer.capacity)).any()):
+                self._reject("bad_priorities", "index out of range")
+                return
+            if bool((a["priority"] < 0).any()):
+                self._reject("bad_priorities", "negative priority")
+                return
+            self.buffer.update_priorities(index, a["id"], a["priority"])
+        else:
+            self._reply(identity, "replay_stats", self.stats())
+
+    def _reject(self, reason: str, detail: object) -> None:
+        self.rejected[reason] += 1
+        total = sum(self.rejected.values())
+        if total <= 20 or total % 1000 == 0:
+            log.warning("rejected a message (%s): %s [%d rejected so far]", reason, detail, total)
+
+    # ---- statistics ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        now = time.monotonic()
+        inserted, sampled = self.buffer.inserted_total, self.buffer.sampled_total
+        self._rate_marks.append((now, inserted, sampled))
+        t0, i0, s0 = self._rate_marks[0]
+        span = max(now - t0, 1e-9)
+        waiting = ""
+        if self._held is not None:
+            waiting = "inserts (learner behind the samples-per-insert ratio)"
+        elif self._pending:
+            waiting = "samples (below min_size or actors behind the ratio)"
+        return {
+            "size": self.buffer.size,
+            "capacity": self.buffer.capacity,
+            "inserted": inserted,
+            "sampled": sampled,
+            "rejected": dict(self.rejected),
+            "insert_rate": (inserted - i0) / span if span > 0.5 else 0.0,
+            "sample_rate": (sampled - s0) / span if span > 0.5 else 0.0,
+            "samples_per_insert": sampled / inserted if inserted else 0.0,
+            "waiting": waiting,
+        }
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, log_interval_s: float | None = None) -> None:
+        interval = log_interval_s or self.config.log_interval_s
+        poller = zmq.Poller()
+        poller.register(self.requests, zmq.POLLIN)
+        ingest_registered = False
+        next_log = time.monotonic() + interval
+        log.info("serving: ingest %s, sampling %s", self.ingest_address, self.sample_address)
+        while not stop.is_set():
+            want_ingest = self._held is None or self._can_insert(self._held[1])
+            if want_ingest != ingest_registered:
+                if want_ingest:
+                    poller.register(self.ingest, zmq.POLLIN)
+                else:
+                    poller.unregister(self.ingest)
+                ingest_registered = want_ingest
+            events = dict(poller.poll(POLL_MS))
+            if self.requests in events:
+                for _ in range(256):
+                    try:
+                        frames = self.requests.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle_request(frames)
+            if self.ingest in events or self._held is not None:
+                self._ingest_ready(budget=64)
+            self._serve_pending()
+            if time.monotonic() >= next_log:
+                next_log += interval
+                s = self.stats()
+                log.info(
+                    "size %d/%d inserted %d (%.0f/s) sampled %d (%.0f/s) ratio %.2f rejected %d%s",
+                    s["size"],
+                    s["capacity"],
+                    s["inserted"],
+                    s["insert_rate"],
+                    s["sampled"],
+                    s["sample_rate"],
+                    s["samples_per_insert"],
+                    sum(s["rejected"].values()),
+                    f" waiting for {s['waiting']}" if s["waiting"] else "",
+                )
+
+    def close(self) -> None:
+        for sock in (self.ingest, self.requests):
+            sock.close()
+        if self._owns_ctx:
+            self.ctx.term()
+        log.info(
+            "closed: stored %d transitions (%s), rejected %s",
+            self.buffer.inserted_total,
+            ", ".join(f"actor {k}: {v}" for k, v in sorted(self.stored_by_actor.items())) or "none",
+            dict(self.rejected) or "none",
+        )
