@@ -1,6 +1,8 @@
 """`python -m actor` / `distdqn-actor`: join a learner's run as an actor (or, with --evaluate, evaluator).
 
 Only the learner's address is needed; everything else (env, network, n-step, addresses) comes from it.
+The exception is CurveZMQ: key files are local to each machine, so an actor names its own with flags
+(paths only, never key material) and ignores the learner's curve settings.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from common.cli import _Parser
 from common.errors import ConfigError
 from common.networks import load_numpy_weights
 from common.process import install_stop_handlers, run_cli, setup_logging
+from common.security import ClientSecurity
 from common.sockets import check_libzmq, parse_address
 
 
@@ -26,6 +29,12 @@ def _parse() -> argparse.Namespace:
         "--actor-index", type=int, default=-1, help="global actor index (sets epsilon); -1: the learner assigns one"
     )
     parser.add_argument("--evaluate", action="store_true", help="run as the evaluator (greedy, never writes replay)")
+    parser.add_argument(
+        "--curve-secret-key", default="", metavar="PATH", help="this actor's NAME.key_secret (CurveZMQ, mode 0600)"
+    )
+    parser.add_argument(
+        "--curve-server-key", default="", metavar="PATH", help="the servers' public NAME.key (CurveZMQ)"
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_args()
 
@@ -36,6 +45,9 @@ def _main() -> int:
         host, port = parse_address(args.learner)
     except ValueError as err:
         raise ConfigError(f"--learner: {err}") from None
+    if bool(args.curve_secret_key) != bool(args.curve_server_key):
+        raise ConfigError("--curve-secret-key and --curve-server-key go together (CurveZMQ needs both)")
+    curve = ClientSecurity.from_paths(args.curve_secret_key, args.curve_server_key) if args.curve_secret_key else None
     role = "evaluator" if args.evaluate else "actor"
     if args.evaluate:
         name = "evaluator"
@@ -48,12 +60,11 @@ def _main() -> int:
     from actor.link import LearnerLink
 
     ctx = zmq.Context()
-    link = LearnerLink(host, port, role=role, ctx=ctx)
+    link = LearnerLink(host, port, role=role, ctx=ctx, curve=curve)
     worker = None
     try:
         welcome = link.join(args.actor_index, stop)
         link.subscribe(welcome.config)
-        first = link.fetch_weights(stop)
         if args.evaluate:
             from actor.evaluator import Evaluator
 
@@ -62,6 +73,8 @@ def _main() -> int:
             from actor.actor import Actor
 
             worker = Actor(link, welcome.config, welcome.actor_index, ctx)
+        # Fetched last, once everything else is built, so the weights are as fresh as they can be.
+        first = link.fetch_weights(stop)
         load_numpy_weights(worker.net, first.arrays)
         logging.getLogger(name).info("joined run %s with weights v%d", welcome.run_id, first.meta["version"])
         worker.run(stop)

@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
 from common.networks import QNetwork, load_numpy_weights
 from common.process import derive_seed
+from common.security import secure_client
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Actor:
         if is_loopback(replay_host) and not is_loopback(link.learner_host):
             replay_host = link.learner_host
         self.push = make_socket(ctx, zmq.PUSH, hwm=config.net.send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
+        secure_client(self.push, link.curve)
         connect(self.push, replay_host, config.net.ingest_port)
         self.env_steps = 0
         self.transitions_sent = 0

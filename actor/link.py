@@ -22,6 +22,7 @@ import zmq
 
 from common.config import RunConfig
 from common.errors import StartupError
+from common.security import ClientSecurity, secure_client
 from common.sockets import connect, is_loopback, make_socket
 from common.wire import DecodeError, Encoder, Message, decode
 
@@ -39,13 +40,23 @@ class Welcome:
 
 
 class LearnerLink:
-    def __init__(self, learner_host: str, learner_port: int, *, role: str, ctx: zmq.Context) -> None:
+    def __init__(
+        self,
+        learner_host: str,
+        learner_port: int,
+        *,
+        role: str,
+        ctx: zmq.Context,
+        curve: ClientSecurity | None = None,
+    ) -> None:
         self.learner_host = learner_host
+        self.curve = curve  # this process's own keys (from its flags): the run config holds the learner's paths
         self.learner_port = learner_port
         self.role = role
         self.ctx = ctx
         self.encode = Encoder(f"{role}-{os.getpid()}")
         self.control = make_socket(ctx, zmq.DEALER, hwm=1024, max_message_bytes=64 << 20)
+        secure_client(self.control, curve)
         connect(self.control, learner_host, learner_port)
         self.weights_sub: zmq.Socket | None = None
         self.version = -1
@@ -62,9 +73,10 @@ class LearnerLink:
             if now >= deadline:
                 raise StartupError(
                     f"no answer from the learner at {self.learner_host}:{self.learner_port} within {timeout_s:g} s"
+                    f" ({self._curve_hint()})"
                 )
             if now >= next_send:
-                self.control.send_multipart(self.encode("hello", meta))
+                self._try_send(self.encode("hello", meta))
                 next_send = now + 2.0
             msg = self._recv(self.control, ("welcome", "error"), RETRY_S)
             if msg is None:
@@ -81,13 +93,28 @@ class LearnerLink:
             host = self.learner_host  # the learner advertised loopback, but we reached it from elsewhere
         self.weights_sub = make_socket(self.ctx, zmq.SUB, hwm=4, max_message_bytes=config.net.max_message_mb << 20)
         self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(self.weights_sub, self.curve)
         connect(self.weights_sub, host, config.net.weights_port)
+
+    def _try_send(self, frames: list) -> None:
+        """Never block: after a CURVE refusal libzmq drops the connection for good, and a blocking send
+        would then wait forever instead of letting the caller's deadline give a clear error."""
+        try:
+            self.control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("learner not connected; will retry")
+
+    def _curve_hint(self) -> str:
+        """A CURVE refusal looks like silence to the client, so say what to check."""
+        if self.curve is None:
+            return "if the learner uses CurveZMQ, pass --curve-secret-key and --curve-server-key"
+        return "is this actor's public key in the servers' authorized directory, and --curve-server-key theirs?"
 
     def fetch_weights(self, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Message:
         """Ask the learner for its current weights and wait until they come (or stop / time out)."""
         deadline = time.monotonic() + timeout_s
         while not stop.is_set() and time.monotonic() < deadline:
-            self.control.send_multipart(self.encode("get_weights"))
+            self._try_send(self.encode("get_weights"))
             msg = self._recv(self.control, ("weights", "error"), 2.0)
             if msg is not None and msg.kind == "weights":
                 self.version = msg.meta["version"]

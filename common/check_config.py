@@ -14,14 +14,16 @@ from common.process import run_cli
 
 def _main() -> int:
     parser = config_parser("distdqn-check-config", "Validate a preset plus overrides.")
-    parser.add_argument("--print", dest="key", default=None, help="print one resolved value, e.g. net.learner_port")
+    parser.add_argument(
+        "--print", dest="keys", action="append", default=[], help="print a resolved value, e.g. net.learner_port"
+    )
     args = parser.parse_args()
     config = config_from_args(args)
-    if args.key:
+    for key in args.keys:
         value: object = config.to_dict()
-        for part in args.key.split("."):
+        for part in key.split("."):
             if not isinstance(value, dict) or part not in value:
-                print(f"error: no setting {args.key!r}", file=sys.stderr)
+                print(f"error: no setting {key!r}", file=sys.stderr)
                 return 2
             value = value[part]
         print(value)

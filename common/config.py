@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import sys
 import types
 import typing
@@ -218,6 +219,12 @@ class NetConfig:
     """messages larger than this are dropped by the socket and never reach a decoder"""
     send_hwm: int = 4
     """transition messages queued per actor before it blocks (backpressure)"""
+    curve_secret_key: str = ""
+    """path to this server's NAME.key_secret (CurveZMQ); the learner also uses it as replay's client"""
+    curve_server_key: str = ""
+    """path to the servers' public NAME.key, for the learner's connection to replay"""
+    curve_authorized_dir: str = ""
+    """directory of client public keys (*.key) the servers accept; the server's own key is implied"""
 
     def __post_init__(self) -> None:
         for name in ("learner_port", "weights_port", "ingest_port", "sample_port"):
@@ -228,6 +235,16 @@ class NetConfig:
         _check(_valid_host(self.bind_host), "net.bind_host", f"not an IP address or '*': {self.bind_host!r}")
         _check(1 <= self.max_message_mb <= 4096, "net.max_message_mb", "must be in [1, 4096]")
         _check(1 <= self.send_hwm <= 1_000_000, "net.send_hwm", "must be in [1, 1000000]")
+        curve = {"curve_secret_key": self.curve_secret_key, "curve_server_key": self.curve_server_key}
+        curve["curve_authorized_dir"] = self.curve_authorized_dir
+        for name, path in curve.items():
+            _check("\n" not in path and "\0" not in path, f"net.{name}", "must be a file path")
+        missing = [name for name, path in curve.items() if not path]
+        _check(
+            len(missing) in (0, 3),
+            f"net.{missing[0] if missing else ''}",
+            "CurveZMQ needs curve_secret_key, curve_server_key and curve_authorized_dir all set (or none)",
+        )
 
     def with_port_base(self, base: int) -> NetConfig:
         """Four consecutive ports from `base`: handy to run several clusters side by side."""
@@ -334,7 +351,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        if prefix and not str(err).startswith(prefix):
+        if prefix and not str(err).startswith((prefix, prefix.rstrip(".") + ":")):
             raise ConfigError(f"{prefix}{err}") from None
         raise
 
@@ -413,8 +430,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return json.dumps(value)  # a JSON string, control characters escaped, is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

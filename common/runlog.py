@@ -30,6 +30,7 @@ TB_TAGS = {
     "actor_version_lag": "actors/version_lag",
     "actors_alive": "actors/alive",
     "messages_rejected": "actors/messages_rejected",
+    "learner_unauthenticated": "actors/unauthenticated",
 }
 
 

@@ -13,6 +13,7 @@ import logging
 import zmq
 
 from common.errors import StartupError
+from common.security import require_secure_bind
 
 LINGER_MS = 500
 BULK_KERNEL_BUFFER = 64 << 10
@@ -70,7 +71,12 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(sock: zmq.Socket, host: str, port: int, what: str) -> str:
-    """Bind with a message that names the port's purpose when it is taken."""
+    """Bind with a message that names the port's purpose when it is taken.
+
+    A non-loopback host is refused unless the socket is a CURVE server (`common.security.secure_server`):
+    checking here, at the one place every server binds, means no new socket can skip the rule."""
+    curve = bool(sock.getsockopt(zmq.CURVE_SERVER))
+    require_secure_bind(host, curve)
     address = tcp_address(host, port)
     if ":" in host:
         sock.setsockopt(zmq.IPV6, 1)
@@ -79,7 +85,7 @@ def bind(sock: zmq.Socket, host: str, port: int, what: str) -> str:
     except zmq.ZMQError as err:
         raise StartupError(f"cannot listen for {what} on {address}: {err.strerror}") from None
     if not is_loopback(host):
-        log.warning("%s listens on %s: reachable from other machines, use a trusted network only", what, address)
+        log.info("%s listens on %s for CURVE clients with authorized keys only", what, address)
     return address
 
 

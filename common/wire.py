@@ -176,8 +176,9 @@ def encode(
             raise ValueError(f"array {name!r}: dtype {array.dtype} is not allowed on the wire")
         if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not _LITTLE_ENDIAN):
             array = array.astype(array.dtype.newbyteorder("<"))
+        shape = list(array.shape)  # before ascontiguousarray, which turns a 0-d array into shape (1,)
         array = np.ascontiguousarray(array)
-        specs.append([name, array.dtype.name, list(array.shape)])
+        specs.append([name, array.dtype.name, shape])
         buffers.append(memoryview(array).cast("B") if array.size else b"")
     header = {"v": PROTOCOL_VERSION, "k": kind, "s": sender, "n": seq, "m": dict(meta or {}), "a": specs}
     return [msgpack.packb(header, use_bin_type=True), *buffers]
@@ -216,7 +217,7 @@ def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> M
     """Validate and rebuild a message. Arrays are read-only views of the received frames."""
     header = _unpack_header(frames)
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 and 1.0 == 1 in Python
         raise DecodeError("wrong_version", f"got {version!r}, this peer speaks {PROTOCOL_VERSION}")
     kind = header.get("k")
     if not isinstance(kind, str) or kind not in SCHEMAS:
@@ -268,7 +269,7 @@ def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:
     name, dtype, shape = spec
     if not isinstance(name, str) or not name or len(name) > 256:
         raise DecodeError("bad_array", "name")
-    if dtype not in ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:  # a list/map is unhashable
         raise DecodeError("bad_dtype", f"{name}: {str(dtype)[:32]}")
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise DecodeError("bad_shape", f"{name}: shape")
@@ -279,7 +280,10 @@ def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:
     expected = math.prod(shape) * np_dtype.itemsize
     if len(buffer) != expected:
         raise DecodeError("bad_length", f"{name}: {len(buffer)} bytes, shape needs {expected}")
-    array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
+    try:  # a zero dimension beside huge ones passes the length check but overflows numpy's size
+        array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
+    except ValueError:
+        raise DecodeError("bad_shape", f"{name}: too large") from None
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise DecodeError("non_finite", name)
     return name, array
@@ -298,6 +302,13 @@ def _check_arrays(kind: str, schema: Schema, arrays: dict[str, np.ndarray]) -> N
         lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
         if len(lengths) != 1 or -1 in lengths:
             raise DecodeError("bad_shape", f"{kind}: arrays must share their first dimension")
+
+
+def require_vectors(msg: Message, *names: str) -> None:
+    """Receivers that index by these arrays need them one-dimensional; the schema fixes only the first dim."""
+    for name in names:
+        if msg.arrays[name].ndim != 1:
+            raise DecodeError("bad_shape", f"{msg.kind}.{name} must be one-dimensional")
 
 
 class Encoder:

@@ -19,8 +19,9 @@ import numpy as np
 import zmq
 
 from common.config import RunConfig
+from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.sockets import bind, make_socket
-from common.wire import DecodeError, Encoder, Message, decode
+from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ActorRecord:
 class ControlServer(threading.Thread):
     def __init__(self, config: RunConfig, ctx: zmq.Context) -> None:
         super().__init__(name="control", daemon=True)
+        require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
         self.config = config
         self.run_id = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
@@ -55,6 +57,10 @@ class ControlServer(threading.Thread):
         max_bytes = config.net.max_message_mb << 20
         self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
         self.pub = make_socket(ctx, zmq.PUB, hwm=4)
+        # With CURVE, a subscriber without an authorized key never completes the handshake: no weights.
+        self.security = ServerSecurity.from_config(config.net, ctx)
+        secure_server(self.router, self.security, "learner control")
+        secure_server(self.pub, self.security, "weight broadcast")
         self.control_address = bind(self.router, config.net.bind_host, config.net.learner_port, "learner control")
         self.weights_address = bind(self.pub, config.net.bind_host, config.net.weights_port, "weight broadcast")
         self._encode = Encoder("learner")
@@ -99,6 +105,8 @@ class ControlServer(threading.Thread):
         finally:
             self.router.close()
             self.pub.close()
+            if self.security is not None:
+                self.security.close()
 
     def _broadcast_stop(self) -> None:
         # PUB drops for subscribers that are mid-reconnect; repeat so everyone hears it.
@@ -124,6 +132,10 @@ class ControlServer(threading.Thread):
         identity = frames[0].bytes
         try:
             msg = decode(frames[1:], expect=("hello", "get_weights", "actor_stats", "eval_result"))
+            if msg.kind == "actor_stats":
+                require_vectors(msg, "episode_returns", "episode_lengths")
+            elif msg.kind == "eval_result":
+                require_vectors(msg, "returns", "lengths")
         except DecodeError as err:
             self.rejected += 1
             if self.rejected <= 20:
@@ -154,7 +166,10 @@ class ControlServer(threading.Thread):
         log.info(
             "%s %d joined from %s (pid %s)", msg.meta["role"], index, msg.meta.get("host", "?"), msg.meta.get("pid")
         )
-        welcome = {"config": self.config.to_dict(), "actor_index": index, "run_id": self.run_id}
+        config = self.config.to_dict()
+        # Key file locations are this machine's business; actors bring their own keys.
+        config["net"].update(curve_secret_key="", curve_server_key="", curve_authorized_dir="")
+        welcome = {"config": config, "actor_index": index, "run_id": self.run_id}
         self._reply(identity, self._encode("welcome", welcome))
 
     def _actor_stats(self, msg: Message) -> None:
@@ -172,6 +187,11 @@ class ControlServer(threading.Thread):
             returns = msg.arrays["episode_returns"].tolist()
             self.new_returns.extend(returns)
             self.episode_returns.extend(returns)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Clients refused by CURVE (unknown key, plaintext, wrong server key) on both sockets."""
+        return self.security.denied if self.security is not None else 0
 
     def alive_actors(self, within_s: float = 10.0) -> list[ActorRecord]:
         now = time.monotonic()

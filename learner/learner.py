@@ -23,6 +23,7 @@ from common.config import RunConfig, save_config
 from common.envs import EnvSpec
 from common.networks import QNetwork, weights_to_numpy
 from common.runlog import RunLog
+from common.security import ClientSecurity
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.control import ControlServer
 from learner.losses import nstep_targets, td_loss
@@ -70,9 +71,13 @@ class Learner:
         self.env_steps_offset = 0  # env steps counted before a resume
         self._train_returns: list[float] = []
         self.checkpoint_dir = run_dir / "checkpoints"
+        # Keys load here, before any thread starts, so a bad key file is a plain startup error.
+        curve = ClientSecurity.from_config(config.net)
         self.ctx = zmq.Context()
         self.control = ControlServer(config, self.ctx)
-        self.replay = ReplayClient(config, replay_host, pin_memory=self.device.type == "cuda", ctx=self.ctx)
+        self.replay = ReplayClient(
+            config, replay_host, pin_memory=self.device.type == "cuda", ctx=self.ctx, curve=curve
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.toml")
 
@@ -303,6 +308,7 @@ class Learner:
             "actors_alive": len(alive),
             "actor_version_lag": float(np.mean(lags)) if lags else None,
             "messages_rejected": self.control.rejected,
+            "learner_unauthenticated": self.control.unauthenticated,
         }
         runlog.write(row)
         train = f"{row['train_return_mean']:7.1f}" if returns else "      -"

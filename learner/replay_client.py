@@ -20,6 +20,7 @@ import torch
 import zmq
 
 from common.config import RunConfig
+from common.security import ClientSecurity, secure_client
 from common.sockets import connect, make_socket
 from common.wire import DecodeError, Encoder, decode
 
@@ -41,9 +42,18 @@ class Batch:
 
 
 class ReplayClient(threading.Thread):
-    def __init__(self, config: RunConfig, host: str, *, pin_memory: bool, ctx: zmq.Context) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        host: str,
+        *,
+        pin_memory: bool,
+        ctx: zmq.Context,
+        curve: ClientSecurity | None = None,
+    ) -> None:
         super().__init__(name="replay-client", daemon=True)
         self.config = config
+        self.curve = curve
         self.host = host
         self.pin_memory = pin_memory
         self.ctx = ctx
@@ -86,6 +96,7 @@ class ReplayClient(threading.Thread):
     def run(self) -> None:
         net = self.config.net
         sock = make_socket(self.ctx, zmq.DEALER, hwm=1024, max_message_bytes=net.max_message_mb << 20)
+        secure_client(sock, self.curve)
         connect(sock, self.host, net.sample_port)
         encode = Encoder("learner")
         in_flight = 0

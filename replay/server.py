@@ -20,8 +20,9 @@ import zmq
 
 from common.config import RunConfig
 from common.envs import EnvSpec
+from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
-from common.wire import DecodeError, Encoder, Message, decode
+from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.buffer import FieldSpec, ReplayBuffer
 from replay.rate_limiter import SampleToInsertRatio
 
@@ -52,6 +53,8 @@ class _PendingSample:
 
 class ReplayServer:
     def __init__(self, config: RunConfig, spec: EnvSpec, *, ctx: zmq.Context | None = None) -> None:
+        # Before anything is allocated: a refused bind should cost nothing (bind() checks again).
+        require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
         self.config = config
         self.spec = spec
         rc = config.replay
@@ -74,6 +77,7 @@ class ReplayServer:
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
         self._owns_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
+        self.security = ServerSecurity.from_config(config.net, self.ctx)
         max_bytes = config.net.max_message_mb << 20
         self.ingest = make_socket(
             self.ctx,
@@ -83,6 +87,8 @@ class ReplayServer:
             kernel_buffer_bytes=BULK_KERNEL_BUFFER,
         )
         self.requests = make_socket(self.ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
+        secure_server(self.ingest, self.security, "replay ingest")
+        secure_server(self.requests, self.security, "replay sampling")
         host = config.net.bind_host
         self.ingest_address = bind(self.ingest, host, config.net.ingest_port, "replay ingest")
         self.sample_address = bind(self.requests, host, config.net.sample_port, "replay sampling")
@@ -104,10 +110,10 @@ class ReplayServer:
         checks = (
             (count == 0, "empty_batch"),
             (count > self.max_insert, "batch_too_large"),
-            (a["action"].ndim != 1 or a["reward"].ndim != 1 or a["discount"].ndim != 1, "bad_shape"),
+            (any(a[k].ndim != 1 for k in ("action", "reward", "discount", "priority", "version")), "bad_shape"),
             (bool(((a["action"] < 0) | (a["action"] >= self.spec.num_actions)).any()), "bad_action"),
             (bool(((a["discount"] < 0) | (a["discount"] > 1)).any()), "bad_discount"),
-            (a["priority"].ndim != 1 or bool((a["priority"] < 0).any()), "bad_priority"),
+            (bool((a["priority"] < 0).any()), "bad_priority"),
         )
         for failed, reason in checks:
             if failed:
@@ -188,7 +194,12 @@ class ReplayServer:
         elif msg.kind == "priorities":
             a = msg.arrays
             index = a["index"]
-            if index.ndim != 1 or bool(((index < 0) | (index >= self.buffer.capacity)).any()):
+            try:
+                require_vectors(msg, "index", "id", "priority")
+            except DecodeError as err:
+                self._reject("bad_priorities", err)
+                return
+            if bool(((index < 0) | (index >= self.buffer.capacity)).any()):
                 self._reject("bad_priorities", "index out of range")
                 return
             if bool((a["priority"] < 0).any()):
@@ -216,12 +227,15 @@ class ReplayServer:
             waiting = "inserts (learner behind the samples-per-insert ratio)"
         elif self._pending:
             waiting = "samples (below min_size or actors behind the ratio)"
+        rejected = dict(self.rejected)
+        if self.security is not None and self.security.denied:
+            rejected["unauthenticated"] = self.security.denied  # counted by the ZAP and monitor threads
         return {
             "size": self.buffer.size,
             "capacity": self.buffer.capacity,
             "inserted": inserted,
             "sampled": sampled,
-            "rejected": dict(self.rejected),
+            "rejected": rejected,
             "insert_rate": (inserted - i0) / span if span > 0.5 else 0.0,
             "sample_rate": (sampled - s0) / span if span > 0.5 else 0.0,
             "samples_per_insert": sampled / inserted if inserted else 0.0,
@@ -274,6 +288,10 @@ class ReplayServer:
     def close(self) -> None:
         for sock in (self.ingest, self.requests):
             sock.close()
+        if self.security is not None:
+            if self.security.denied:
+                self.rejected["unauthenticated"] = self.security.denied
+            self.security.close()
         if self._owns_ctx:
             self.ctx.term()
         log.info(

@@ -4,7 +4,8 @@
 #   scripts/launch_cluster.sh [--num-actors N] [--preset NAME|FILE] [--run-dir DIR] [--seed S]
 #                             [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
 #
-# The learner's progress lines stream here; every process's log goes to RUN_DIR/logs/ROLE.log.
+# N defaults to the preset's actor.num_actors. The learner's progress lines stream here; every
+# process's log goes to RUN_DIR/logs/ROLE.log.
 # Exit status: 0 when the preset's stop condition was met (solved), 1 when the run ended otherwise,
 # 2 for bad arguments, 130/143 when interrupted. Ctrl-C or SIGTERM stops every process it started.
 set -uo pipefail
@@ -13,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
-num_actors=2
+num_actors=""
 preset=cartpole
 run_dir=""
 seed=""
@@ -34,7 +35,8 @@ while [ $# -gt 0 ]; do
     *) die "unexpected argument '$1': overrides look like SECTION.KEY=VALUE (see $0 --help)" ;;
   esac
 done
-[[ "$num_actors" =~ ^[0-9]+$ ]] && [ "$num_actors" -ge 1 ] || die "--num-actors must be a positive integer, got '$num_actors'"
+[ -z "$num_actors" ] || { [[ "$num_actors" =~ ^[0-9]+$ ]] && [ "$num_actors" -ge 1 ]; } \
+  || die "--num-actors must be a positive integer, got '$num_actors'"
 [ -z "$seed" ] || [[ "$seed" =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer, got '$seed'"
 [ -z "$port_base" ] || [[ "$port_base" =~ ^[0-9]+$ ]] || die "--port-base must be a port number, got '$port_base'"
 
@@ -47,63 +49,32 @@ if [ -z "$run_dir" ]; then
   name="$(basename "$preset" .toml)"
   run_dir="runs/${name}-s${seed:-0}-$(date +%Y%m%d-%H%M%S)"
 fi
-mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 
 common=(--preset "$preset")
 [ -n "$seed" ] && common+=(--seed "$seed")
 [ -n "$port_base" ] && common+=(--port-base "$port_base")
-overrides+=("actor.num_actors=$num_actors")
+[ -n "$num_actors" ] && overrides+=("actor.num_actors=$num_actors")
 
 # Check the config once, here, so a bad value is one line before anything starts.
-"$PY" -m common.check_config "${common[@]}" "${overrides[@]}" || exit 2
-learner_port="$("$PY" -m common.check_config --print net.learner_port "${common[@]}" "${overrides[@]}")"
+resolved="$("$PY" -m common.check_config --print net.learner_port --print actor.num_actors \
+  --print net.curve_secret_key --print net.curve_server_key "${common[@]}" "${overrides[@]}")" || exit 2
+{ read -r learner_port; read -r num_actors; read -r curve_secret; read -r curve_server; } <<<"$resolved"
+# With CurveZMQ on, local actors and the evaluator use the servers' own key pair (always authorized).
+actor_args=(--learner "127.0.0.1:$learner_port")
+[ -n "$curve_secret" ] && actor_args+=(--curve-secret-key "$curve_secret" --curve-server-key "$curve_server")
 
-pids=()
-learner_pid=""
-stopping=0
-
-stop_all() {
-  # TERM everything, give it a few seconds to write checkpoints and logs, then KILL what is left.
-  local deadline=$((SECONDS + 8))
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-  done
-  for pid in "${pids[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "process $pid did not stop in time; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null
-    fi
-  done
-  wait 2>/dev/null
-}
-
-on_signal() {
-  [ $stopping -eq 1 ] && return
-  stopping=1
-  echo "stopping the cluster ..." >&2
-  stop_all
-  echo "stopped; logs in $run_dir/logs" >&2
-  exit "$1"
-}
-trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
-
-start() {  # start ROLE COMMAND...: run in the background, stderr to the role's log
-  local role="$1"; shift
-  "$@" 2>"$run_dir/logs/$role.log" &
-  pids+=("$!")
-}
+mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
+. "$ROOT/scripts/lib/processes.sh"
 
 echo "run directory: $run_dir"
 start replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 start learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 learner_pid="${pids[-1]}"
 if [ $evaluator -eq 1 ]; then
-  start evaluator "$PY" -m actor --evaluate --learner "127.0.0.1:$learner_port"
+  start evaluator "$PY" -m actor --evaluate "${actor_args[@]}"
 fi
 for ((i = 0; i < num_actors; i++)); do
-  start "actor-$i" "$PY" -m actor --actor-index "$i" --learner "127.0.0.1:$learner_port"
+  start "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
 echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
 

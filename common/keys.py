@@ -1,0 +1,35 @@
+"""`python -m common.keys` / `distdqn-keygen`: create a CurveZMQ key pair for a server or an actor.
+
+Writes DIR/NAME.key (public, mode 0644: share it) and DIR/NAME.key_secret (mode 0600 from the moment it
+exists: never share it) in pyzmq's certificate format. Generate each secret on the machine that uses it,
+and copy only public keys around. See docs/security.md for where each file goes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common.cli import _Parser
+from common.process import run_cli
+from common.security import generate_keypair
+
+
+def _main() -> int:
+    parser = _Parser(prog="distdqn-keygen", description="Create a CurveZMQ key pair (NAME.key, NAME.key_secret).")
+    parser.add_argument("name", help="base file name, e.g. 'server' or 'actor-gpu3'")
+    parser.add_argument("--dir", type=Path, default=Path("keys"), help="directory for the two files (default: keys)")
+    parser.add_argument("--force", action="store_true", help="replace existing files of that name")
+    args = parser.parse_args()
+    public, secret = generate_keypair(args.dir, args.name, force=args.force)
+    print(f"public key: {public}  (copy to the servers' authorized directory, or to clients if this is the server)")
+    print(f"secret key: {secret}  (mode 0600; keep it on this machine)")
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_cli(_main))
+
+
+if __name__ == "__main__":
+    main()

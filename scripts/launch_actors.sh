@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Start actors on this machine for a learner running elsewhere (or here), and keep them until stopped.
+#
+#   scripts/launch_actors.sh --learner HOST:PORT [--num-actors N] [--first-index I] [--log-dir DIR]
+#
+# Each actor gets its config from the learner. Give every machine its own block of global indices
+# (--first-index), so that the Ape-X epsilons stay spread: indices are taken modulo the learner's
+# actor.num_actors. Until authentication is in place, use this over a trusted network only.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "error: $*" >&2; exit 2; }
+
+learner=""
+num_actors=1
+first_index=0
+run_dir="runs/actors-$(date +%Y%m%d-%H%M%S)"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --learner) [ $# -ge 2 ] || die "--learner needs HOST:PORT"; learner="$2"; shift 2 ;;
+    --num-actors) [ $# -ge 2 ] || die "--num-actors needs a value"; num_actors="$2"; shift 2 ;;
+    --first-index) [ $# -ge 2 ] || die "--first-index needs a value"; first_index="$2"; shift 2 ;;
+    --log-dir) [ $# -ge 2 ] || die "--log-dir needs a value"; run_dir="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see $0 --help)" ;;
+  esac
+done
+[ -n "$learner" ] || die "--learner HOST:PORT is required"
+[[ "$num_actors" =~ ^[0-9]+$ ]] && [ "$num_actors" -ge 1 ] || die "--num-actors must be a positive integer"
+[[ "$first_index" =~ ^[0-9]+$ ]] || die "--first-index must be a non-negative integer"
+
+"$ROOT/scripts/setup_env.sh" || die "could not set up the Python environment"
+PY="${DISTDQN_VENV:-$ROOT/.venv}/bin/python"
+export PYTHONUNBUFFERED=1
+mkdir -p "$run_dir/logs" || die "cannot create $run_dir"
+. "$ROOT/scripts/lib/processes.sh"
+
+for ((i = first_index; i < first_index + num_actors; i++)); do
+  start "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner"
+done
+echo "started $num_actors actor(s) for $learner (indices $first_index..$((first_index + num_actors - 1))); logs in $run_dir/logs"
+wait
+stopping=1
+echo "all actors have exited; logs in $run_dir/logs"
