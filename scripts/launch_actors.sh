@@ -37,9 +37,16 @@ mkdir -p "$run_dir/logs" || die "cannot create $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
 
 for ((i = first_index; i < first_index + num_actors; i++)); do
-  start "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner"
+  start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner"
 done
 echo "started $num_actors actor(s) for $learner (indices $first_index..$((first_index + num_actors - 1))); logs in $run_dir/logs"
-wait
+# Restart actors that die; finish when every actor has exited normally (the run's stop) or been given up.
+while :; do
+  supervise
+  alive=0
+  for role in "${supervised[@]}"; do [ -n "${pid_of[$role]}" ] && alive=1; done
+  [ $alive -eq 0 ] && break
+  sleep 0.5
+done
 stopping=1
 echo "all actors have exited; logs in $run_dir/logs"

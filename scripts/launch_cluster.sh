@@ -69,15 +69,20 @@ mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 echo "run directory: $run_dir"
 start replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 start learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
-learner_pid="${pids[-1]}"
+learner_pid="${pid_of[learner]}"
 if [ $evaluator -eq 1 ]; then
-  start evaluator "$PY" -m actor --evaluate "${actor_args[@]}"
+  start_supervised evaluator "$PY" -m actor --evaluate "${actor_args[@]}"
 fi
 for ((i = 0; i < num_actors; i++)); do
-  start "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
+  start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
 echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
 
+# Supervise the actors while the learner runs; its exit ends the run.
+while kill -0 "$learner_pid" 2>/dev/null; do
+  supervise
+  sleep 0.5
+done
 wait "$learner_pid"
 status=$?
 stopping=1

@@ -1,0 +1,67 @@
+"""Faults a running cluster must survive: an actor killed outright is restarted and training goes on."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Cluster
+
+
+def _actor_pid(cluster: Cluster, index: int) -> int | None:
+    for pid in cluster.remember_descendants():
+        cmd = cluster.command_line(pid)
+        if "-m actor" in cmd and f"--actor-index {index} " in f"{cmd} ":
+            return pid
+    return None
+
+
+def _updates(cluster: Cluster) -> int:
+    rows = [r for r in cluster.metrics() if "learner_updates" in r and "eval_return_mean" not in r]
+    return rows[-1]["learner_updates"] if rows else 0
+
+
+@pytest.mark.slow
+def test_killed_actor_is_restarted_with_current_weights_and_training_continues(cluster: Cluster) -> None:
+    cluster.start_launcher(
+        "--run-dir",
+        str(cluster.run_dir),
+        "--port-base",
+        str(cluster.port_base),
+        "--no-eval",
+        "stop.eval_return=1000000",
+        "stop.max_wall_s=150",
+        "log_interval_s=1",
+    )
+    first = cluster.wait_until(lambda: _actor_pid(cluster, 0) if _updates(cluster) > 0 else None, timeout_s=90)
+    assert first, f"the cluster did not start training\n{cluster.diagnostics()}"
+    log = cluster.run_dir / "logs" / "actor-0.log"
+    joined = re.compile(r"joined run \S+ with weights v(\d+)")
+    assert cluster.wait_until(lambda: joined.search(log.read_text()), timeout_s=30)
+
+    os.kill(first, signal.SIGKILL)
+    updates_at_kill = _updates(cluster)
+
+    def restarted() -> list[int] | None:
+        versions = [int(v) for v in joined.findall(log.read_text())]
+        return versions if len(versions) >= 2 else None
+
+    versions = cluster.wait_until(restarted, timeout_s=60)
+    assert versions, f"actor-0 was not restarted\n{cluster.diagnostics()}"
+    second = _actor_pid(cluster, 0)
+    assert second and second != first
+    # The restarted actor joined with weights newer than those the first one started with: current ones.
+    assert versions[-1] > versions[0], versions
+    assert "actor-0 died (status 137)" in cluster.log("launcher")
+    # Training never stopped: the learner kept updating, fed by both actors.
+    assert cluster.wait_until(lambda: _updates(cluster) > updates_at_kill + 50, timeout_s=60), (
+        f"the learner stalled after the actor was killed\n{cluster.diagnostics()}"
+    )
+    # ... and it held those weights before its first step.
+    text = log.read_text()
+    assert text.rindex("joined run") < text.rindex("acting with epsilon")
