@@ -153,6 +153,18 @@ class Learner:
         q_mean = q_values.detach().gather(1, action.unsqueeze(1)).mean()
         return float(loss.detach()), float(q_mean)
 
+    def train_step(self, batch: Batch) -> tuple[float, float]:
+        """Everything one update changes: schedules, the gradient step, target sync, publication."""
+        lc = self.config.learner
+        self._schedules()
+        loss, q = self.update(batch)
+        self.updates += 1
+        if self.updates % lc.target_update_period == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        if self.updates % lc.publish_period == 0:
+            self.publish()
+        return loss, q
+
     def publish(self) -> None:
         self.version += 1
         self.control.set_weights(self.version, weights_to_numpy(self.online))
@@ -206,15 +218,9 @@ class Learner:
                 else:
                     waited += now - t_wait
                     wait_since = None
-                    self._schedules()
-                    loss, q = self.update(batch)
+                    loss, q = self.train_step(batch)
                     losses.append(loss)
                     qs.append(q)
-                    self.updates += 1
-                    if self.updates % lc.target_update_period == 0:
-                        self.target.load_state_dict(self.online.state_dict())
-                    if self.updates % lc.publish_period == 0:
-                        self.publish()
 
                 returns, evals = self.control.take_statistics()
                 for version, eval_returns in evals:
