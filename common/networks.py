@@ -77,8 +77,12 @@ class QNetwork(nn.Module):
 
 
 def weights_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """Parameters and buffers as CPU numpy arrays, ready to be framed on the wire."""
-    return {name: t.detach().to("cpu").contiguous().numpy() for name, t in model.state_dict().items()}
+    """A snapshot of parameters and buffers as CPU numpy arrays, ready to be framed on the wire.
+
+    Always a copy: on a CPU model `.to("cpu")` would return views of the live parameters, and the
+    sockets send large frames without copying, after the optimizer has moved on.
+    """
+    return {name: t.detach().to("cpu", copy=True).contiguous().numpy() for name, t in model.state_dict().items()}
 
 
 def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:

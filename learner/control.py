@@ -8,6 +8,7 @@ this thread keeps the update loop from ever waiting on a slow subscriber.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,19 +65,33 @@ class ControlServer(threading.Thread):
         self.control_address = bind(self.router, config.net.bind_host, config.net.learner_port, "learner control")
         self.weights_address = bind(self.pub, config.net.bind_host, config.net.weights_port, "weight broadcast")
         self._encode = Encoder("learner")
+        # The update loop wakes this thread through an inproc pair, so a new version goes out at once.
+        wake_address = f"inproc://control-wake-{id(self)}"
+        self._wake_rx = ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(wake_address)
+        self._wake_tx = ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(wake_address)
 
     # ---- called from the update loop ----------------------------------------------------------
     def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> None:
         with self._lock:
             self._weights = (version, arrays)
             self._publish_pending = True
+        self._wake()
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(zmq.Again):  # a wake-up is already queued
+            self._wake_tx.send(b"", zmq.NOBLOCK)
 
     def close(self) -> None:
         self._closing.set()
+        self._wake()
         self.join(timeout=5)
+        self._wake_tx.close(linger=0)
 
     def take_statistics(self) -> tuple[list[float], list[tuple[int, np.ndarray]]]:
         """Episode returns and evaluation results that arrived since the last call."""
@@ -87,13 +102,19 @@ class ControlServer(threading.Thread):
 
     # ---- thread -------------------------------------------------------------------------------
     def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
         try:
             while not self._closing.is_set():
                 if self._publish_pending:
                     self._publish()
                 if self._stop_reason is not None:
                     self._broadcast_stop()
-                if self.router.poll(10):
+                events = dict(poller.poll(100))
+                while self._wake_rx.poll(0):
+                    self._wake_rx.recv()
+                if self.router in events:
                     for _ in range(128):
                         try:
                             frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -103,6 +124,7 @@ class ControlServer(threading.Thread):
             if self._stop_reason is not None:
                 self._broadcast_stop()
         finally:
+            self._wake_rx.close(linger=0)
             self.router.close()
             self.pub.close()
             if self.security is not None:

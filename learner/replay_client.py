@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from common.wire import DecodeError, Encoder, decode
 log = logging.getLogger(__name__)
 
 STATS_PERIOD_S = 1.0
+LOST_REQUESTS_S = 30.0
 
 
 @dataclass
@@ -100,11 +102,20 @@ class ReplayClient(threading.Thread):
         connect(sock, self.host, net.sample_port)
         encode = Encoder("learner")
         in_flight = 0
+        ready: deque[Batch] = deque()  # decoded, waiting for room in the queue
         next_stats = 0.0
-        last_reply = time.monotonic()
+        last_batch = time.monotonic()
         try:
             while not self._closing.is_set():
-                while in_flight < self.config.learner.prefetch and not self.batches.full():
+                while ready:
+                    try:
+                        self.batches.put_nowait(ready[0])
+                    except queue.Full:
+                        break
+                    ready.popleft()
+                # Up to `prefetch` requests in flight and `prefetch` decoded batches beside the queue's:
+                # the update loop never finds the queue empty while the server has data.
+                while in_flight + len(ready) < self.config.learner.prefetch:
                     meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
                     sock.send_multipart(encode("sample", meta))
                     in_flight += 1
@@ -120,16 +131,16 @@ class ReplayClient(threading.Thread):
                 if now >= next_stats:
                     sock.send_multipart(encode("stats_request"))
                     next_stats = now + STATS_PERIOD_S
-                if now - last_reply > 30 and in_flight:
-                    # The server may have restarted and forgotten our requests: ask again.
-                    log.warning("no reply from replay for %.0f s; re-sending sample requests", now - last_reply)
+                serving = self.stats.get("size", 0) >= self.config.replay.min_size and not self.stats.get("waiting")
+                if in_flight and serving and now - last_batch > LOST_REQUESTS_S:
+                    # The server has data and is not holding samples back, yet answers none: it lost them.
+                    log.warning("no batch from replay for %.0f s; re-sending sample requests", now - last_batch)
                     in_flight = 0
-                    last_reply = now
+                    last_batch = now
                     continue
-                if not sock.poll(20):
+                if not sock.poll(1 if ready else 20):
                     continue
                 frames = sock.recv_multipart(copy=False)
-                last_reply = time.monotonic()
                 try:
                     msg = decode(frames, expect=("batch", "replay_stats", "error"))
                 except DecodeError as err:
@@ -137,15 +148,14 @@ class ReplayClient(threading.Thread):
                     log.warning("bad reply from replay: %s", err)
                     continue
                 if msg.kind == "batch":
-                    in_flight -= 1
-                    batch = self._to_batch(msg.arrays)
-                    while not self._closing.is_set():
-                        try:
-                            self.batches.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
+                    in_flight = max(in_flight - 1, 0)
+                    last_batch = time.monotonic()
+                    ready.append(self._to_batch(msg.arrays))
                 elif msg.kind == "replay_stats":
+                    if msg.meta["inserted"] < self.stats.get("inserted", 0):
+                        # A restarted server forgot the requests we had in flight.
+                        log.warning("the replay server restarted; re-sending sample requests")
+                        in_flight = 0
                     self.stats = msg.meta
                 else:
                     in_flight = max(in_flight - 1, 0)

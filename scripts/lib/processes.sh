@@ -22,7 +22,11 @@ start_supervised() {  # like start, and restarted with backoff (1, 2, 4, ... s) 
 }
 
 _launch() {
-  eval "${cmd_of[$1]}" 2>>"$run_dir/logs/$1.log" &
+  # Rebuild the argument array from its quoted form; the command itself runs as a simple command, so
+  # $! is the process itself and not a subshell that a signal would stop without reaching it.
+  local -a cmd
+  eval "cmd=(${cmd_of[$1]})"
+  "${cmd[@]}" 2>>"$run_dir/logs/$1.log" &
   pid_of[$1]=$!
   pids+=("$!")
 }

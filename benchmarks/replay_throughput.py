@@ -1,0 +1,349 @@
+"""Replay server throughput over real sockets: ingest from K pushing processes while a learner samples.
+
+Why this shape: in Ape-X the replay server is the one process every transition passes through twice
+(in from the actors, out to the learner), so its ingest rate and the batches it serves while ingesting
+bound the whole system. Pushers re-send one prebuilt `transitions` message (their own cost stays out
+of the number); a learner process uses the real `ReplayClient` at batch 512 and sends priorities back.
+The physical reference, raw PUSH/PULL with the same message size, is measured in the same run, so the
+result is a ratio that means something on any machine.
+
+    python benchmarks/replay_throughput.py [--size cartpole|atari] [--pushers 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+from benchmarks import common as bench  # noqa: E402
+
+NAME = "replay_throughput"
+DEFAULT_SEND_SIZE = {"cartpole": 1024, "atari": 64}
+DEFAULT_CAPACITY = {"cartpole": 1_000_000, "atari": 50_000}
+GOAL_INGEST = {"cartpole": 1_000_000, "atari": 50_000}
+GOAL_BATCHES_AT_RATE = 40.0
+SETTLE_S = 0.5
+
+
+def sink_main(
+    port: int, distdqn_options: bool, send_hwm: int, received: Any, stop: bench.Event, ready: bench.Event
+) -> None:
+    """The raw reference receiver: PULL and count, nothing else. `distdqn_options` makes the socket like the
+    replay server's ingest socket (HWM, capped kernel buffers); otherwise ZeroMQ's defaults."""
+    from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
+
+    ctx = zmq.Context()
+    if distdqn_options:
+        sock = make_socket(ctx, zmq.PULL, hwm=send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
+    else:
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+    bind(sock, "127.0.0.1", port, "benchmark sink")
+    ready.set()
+    try:
+        while not stop.is_set():
+            if not sock.poll(100):
+                continue
+            for _ in range(256):
+                try:
+                    sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                received[0] += 1
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def raw_pusher_main(index: int, port: int, shape: bench.Shape, send_size: int, sent: Any, stop: bench.Event) -> None:
+    """A pusher with ZeroMQ's default socket options, for the default-options reference."""
+    frames = bench.transitions_frames(shape, send_size, index, seed=1000 + index)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        while not stop.is_set():
+            if push.poll(100, zmq.POLLOUT):
+                push.send_multipart(frames, copy=False)
+                sent[index] += send_size
+    finally:
+        push.close(linger=0)
+        ctx.term()
+
+
+def sampler_main(port_base: int, overrides: list[str], counters: Any, stop: bench.Event) -> None:
+    """A learner stand-in built on the real ReplayClient: take batches, send random priorities back.
+
+    counters[0]: batches taken; counters[1]: nanoseconds spent waiting for one (this stand-in computes
+    nothing, so it always waits; the number is kept only to spot a stalled client)."""
+    from learner.replay_client import ReplayClient
+
+    config = bench.run_config(port_base, overrides)
+    ctx = zmq.Context()
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx)
+    client.start()
+    rng = np.random.default_rng(0)
+    try:
+        while not stop.is_set():
+            began = time.monotonic_ns()
+            batch = client.get_batch(timeout=0.1)
+            counters[1] += time.monotonic_ns() - began
+            if batch is None:
+                continue
+            priority = rng.random(batch.index.shape[0], dtype=np.float32) * 2.0
+            client.send_priorities(batch.index, batch.id, priority)
+            counters[0] += 1
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
+
+
+def measure_raw(
+    children: bench.Children,
+    shape: bench.Shape,
+    send_size: int,
+    pushers: int,
+    send_hwm: int,
+    duration: float,
+    repeats: int,
+    distdqn_options: bool,
+) -> list[float]:
+    """Messages/s through raw PUSH/PULL, one sample per window."""
+    port = bench.free_port_base(1)
+    received = bench.shared_counters(1)
+    sink_stop, ready = bench.MP.Event(), bench.MP.Event()
+    sink = children.spawn(
+        "sink", sink_main, port, distdqn_options, send_hwm, received, sink_stop, ready, stop=sink_stop
+    )
+    bench.wait_for(ready.is_set, bench.READY_TIMEOUT_S, "the raw sink", children)
+    sent = bench.shared_counters(pushers)
+    push_stop = bench.MP.Event()
+    procs = []
+    for i in range(pushers):
+        if distdqn_options:
+            no_limit = bench.shared_floats(1)
+            args = (i, port, shape, send_size, send_hwm, no_limit, sent, push_stop, 0)
+            procs.append(children.spawn(f"raw-pusher-{i}", bench.pusher_main, *args, stop=push_stop))
+        else:
+            args = (i, port, shape, send_size, sent, push_stop)
+            procs.append(children.spawn(f"raw-pusher-{i}", raw_pusher_main, *args, stop=push_stop))
+    bench.wait_for(lambda: received[0] >= 4 * pushers, bench.READY_TIMEOUT_S, "raw traffic", children)
+    time.sleep(SETTLE_S)
+    samples = []
+    for _ in range(repeats):
+        m0, t0 = received[0], time.monotonic()
+        time.sleep(duration)
+        m1, t1 = received[0], time.monotonic()
+        samples.append((m1 - m0) / (t1 - t0))
+    children.stop([*procs, sink])
+    return samples
+
+
+def _window(probe: bench.ReplayProbe, sampler: Any, sent: Any, duration: float) -> dict[str, float]:
+    s0, b0, w0, p0 = probe.stats(), sampler[0], sampler[1], sum(sent)
+    time.sleep(duration)
+    s1, b1, w1, p1 = probe.stats(), sampler[0], sampler[1], sum(sent)
+    span = s1["t"] - s0["t"]
+    return {
+        "ingest": (s1["inserted"] - s0["inserted"]) / span,
+        "pushed": (p1 - p0) / span,
+        "batches": (b1 - b0) / span,
+        "sampled": (s1["sampled"] - s0["sampled"]) / span,
+        "wait_fraction": min(1.0, (w1 - w0) / 1e9 / span),
+    }
+
+
+def main() -> int:
+    parser = bench.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(bench.SHAPES), default="cartpole", help="transition preset")
+    parser.add_argument("--pushers", type=int, default=0, help="pushing processes (default 4; quick 2)")
+    parser.add_argument("--send-size", type=int, default=0, help="transitions per message (default per --size)")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds per measured window")
+    parser.add_argument("--repeats", type=int, default=0, help="windows per phase (medians are reported)")
+    parser.add_argument("--capacity", type=int, default=0, help="replay capacity (default per --size)")
+    parser.add_argument("--batch-size", type=int, default=512, help="learner batch size")
+    parser.add_argument("--ingest-rate", type=float, default=10_000, help="capped ingest (transitions/s) phase")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw PUSH/PULL reference")
+    parser.add_argument(
+        "--no-wrap", action="store_true", help="measure before the buffer has been filled once (--quick implies it)"
+    )
+    parser.add_argument("--profile", action="store_true", help="profile the replay server with cProfile")
+    args = parser.parse_args()
+    shape = bench.SHAPES[args.size]
+    args.send_size = args.send_size or DEFAULT_SEND_SIZE[args.size]
+    args.capacity = args.capacity or DEFAULT_CAPACITY[args.size]
+    args.duration = args.duration or (1.0 if args.quick else 5.0)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.no_wrap = args.no_wrap or args.quick
+    args.pushers = args.pushers or (2 if args.quick else 4)
+    min_size = min(args.capacity, max(args.batch_size, 4 * args.send_size, 2_000))
+    overrides = [
+        "replay.samples_per_insert=0",
+        f"replay.capacity={args.capacity}",
+        f"replay.min_size={min_size}",
+        f"learner.batch_size={args.batch_size}",
+        f"actor.send_size={args.send_size}",
+    ]
+    base = bench.free_port_base()
+    config = bench.run_config(base, overrides)
+    send_hwm = config.net.send_hwm
+    msg_bytes = bench.frames_bytes(bench.transitions_frames(shape, args.send_size, 0, 0))
+    row_bytes = msg_bytes / args.send_size
+    obs_bytes = int(np.prod(shape.obs_shape)) * np.dtype(shape.obs_dtype).itemsize
+    batch_bytes = args.batch_size * (2 * obs_bytes + 8 + 4 + 4 + 4 + 8 + 8)
+    print(
+        f"{NAME}: {args.size} transitions ({row_bytes:.0f} B each on the wire), {args.send_size} per message "
+        f"({msg_bytes / 1024:.1f} KiB), {args.pushers} pushers, batch {args.batch_size}, "
+        f"{args.repeats} x {args.duration:g} s windows"
+    )
+    results: dict[str, Any] = {
+        "size": args.size,
+        "send_size": args.send_size,
+        "message_bytes": msg_bytes,
+        "transition_bytes": row_bytes,
+        "pushers": args.pushers,
+        "batch_size": args.batch_size,
+        "capacity": args.capacity,
+        "measured_after_wrap": not args.no_wrap,
+        "goals": {"ingest_transitions_per_s": GOAL_INGEST[args.size], "batches_per_s_at_rate": GOAL_BATCHES_AT_RATE},
+    }
+    profile_path = str(bench.RESULTS_DIR / f"{NAME}-replay.prof") if args.profile else ""
+    if profile_path:
+        bench.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with bench.Children() as children, bench.zmq_context() as ctx:
+        for key, distdqn_options in (("raw_distdqn_options", True), ("raw_default_options", False)):
+            if args.no_raw or (args.quick and not distdqn_options):
+                break
+            msgs = measure_raw(
+                children, shape, args.send_size, args.pushers, send_hwm, args.duration, args.repeats, distdqn_options
+            )
+            results[key] = {
+                "messages_per_s": bench.summarize(msgs),
+                "transitions_per_s": bench.summarize([m * args.send_size for m in msgs]),
+                "mb_per_s": bench.summarize([m * msg_bytes / 1e6 for m in msgs]),
+            }
+
+        server = bench.start_replay_server(children, base, overrides, shape, profile_path)
+        probe = bench.ReplayProbe(ctx, config.net.sample_port)
+        sampler_counts = bench.shared_counters(2)
+        sampler_stop = bench.MP.Event()
+        sampler = children.spawn(
+            "sampler", sampler_main, base, overrides, sampler_counts, sampler_stop, stop=sampler_stop
+        )
+        rate, sent, push_stop = bench.shared_floats(1), bench.shared_counters(args.pushers), bench.MP.Event()
+        pushers = [
+            children.spawn(
+                f"pusher-{i}",
+                bench.pusher_main,
+                i,
+                config.net.ingest_port,
+                shape,
+                args.send_size,
+                send_hwm,
+                rate,
+                sent,
+                push_stop,
+                0,
+                stop=push_stop,
+            )
+            for i in range(args.pushers)
+        ]
+        bench.wait_for(lambda: sampler_counts[0] >= 3, 2 * bench.READY_TIMEOUT_S, "the first sampled batches", children)
+        if not args.no_wrap:
+            # Fresh pages of the (lazily zeroed) storage cost a page fault each: measure the steady state,
+            # after every slot has been written once, as a long run would see it.
+            bench.wait_for(
+                lambda: probe.stats()["inserted"] >= args.capacity,
+                max(60.0, args.capacity / 2_000),
+                f"the buffer to fill to capacity ({args.capacity:,}); lower --capacity or pass --no-wrap",
+                children,
+            )
+        time.sleep(SETTLE_S)
+        phases: dict[str, list[dict[str, float]]] = {"ingest": [], "sample_at_rate": []}
+        for _ in range(args.repeats):
+            rate[0] = 0.0
+            time.sleep(SETTLE_S)
+            phases["ingest"].append(_window(probe, sampler_counts, sent, args.duration))
+            rate[0] = args.ingest_rate / args.pushers
+            time.sleep(SETTLE_S)
+            phases["sample_at_rate"].append(_window(probe, sampler_counts, sent, args.duration))
+            children.check_alive()
+        final = probe.stats()
+        probe.close()
+        children.stop([*pushers, sampler, server])
+
+    for phase, windows in phases.items():
+        results[phase] = {
+            key: bench.summarize([w[key] for w in windows])
+            for key in ("ingest", "pushed", "batches", "sampled", "wait_fraction")
+        }
+        results[phase]["ingest_mb_per_s"] = bench.summarize([w["ingest"] * row_bytes / 1e6 for w in windows])
+        results[phase]["batch_mb_per_s"] = bench.summarize([w["batches"] * batch_bytes / 1e6 for w in windows])
+    results["server_rejected"] = final.get("rejected", {})
+    results["server_inserted"] = final.get("inserted")
+    ingest_median = results["ingest"]["ingest"]["median"]
+    raw = results.get("raw_distdqn_options", {}).get("transitions_per_s", {}).get("median")
+    raw_default = results.get("raw_default_options", {}).get("transitions_per_s", {}).get("median")
+    results["ratios"] = {
+        "ingest_vs_raw_distdqn_options": bench.ratio(ingest_median, raw),
+        "ingest_vs_raw_default_options": bench.ratio(ingest_median, raw_default),
+        "raw_distdqn_vs_default_options": bench.ratio(raw, raw_default),
+    }
+
+    rows = []
+    for key, label in (
+        ("raw_distdqn_options", "raw PUSH/PULL, distdqn socket options"),
+        ("raw_default_options", "raw PUSH/PULL, zmq default options"),
+    ):
+        if key in results:
+            r = results[key]
+            rows.append([label, r["transitions_per_s"]["median"], r["mb_per_s"]["median"], None, None])
+    for key, label in (
+        ("ingest", "replay: ingest flat out + sampling"),
+        ("sample_at_rate", f"replay: ingest capped at {args.ingest_rate:,.0f}/s + sampling"),
+    ):
+        r = results[key]
+        rows.append(
+            [
+                label,
+                r["ingest"]["median"],
+                r["ingest_mb_per_s"]["median"],
+                r["batches"]["median"],
+                r["batch_mb_per_s"]["median"],
+            ]
+        )
+    bench.print_table(
+        f"{NAME} ({args.size}, medians of {args.repeats} x {args.duration:g} s)",
+        ["phase", "transitions/s", "MB/s in", f"batches/s ({args.batch_size})", "MB/s out"],
+        rows,
+    )
+    ratios = results["ratios"]
+    print(
+        f"ingest / raw (same socket options): {bench.fmt(ratios['ingest_vs_raw_distdqn_options'])}   "
+        f"ingest / raw (zmq defaults): {bench.fmt(ratios['ingest_vs_raw_default_options'])}   "
+        f"raw distdqn / raw default options: {bench.fmt(ratios['raw_distdqn_vs_default_options'])}"
+    )
+    print(
+        f"goals: ingest >= {GOAL_INGEST[args.size]:,}/s; batches/s at {args.ingest_rate:,.0f}/s ingest >= "
+        f"{GOAL_BATCHES_AT_RATE:g} (Atari size)   server rejected: {results['server_rejected'] or 'none'}"
+    )
+    if profile_path:
+        results["profile_replay"] = bench.print_profile(profile_path, "replay server")
+    bench.write_result(NAME, args.json, args, results)
+    return 0 if not results["server_rejected"] else 1
+
+
+if __name__ == "__main__":
+    bench.run_benchmark(main)

@@ -1,0 +1,323 @@
+"""Weight publication latency: from the learner publishing a version to each subscribed actor having applied it.
+
+Why: stale weights make actors explore with an old policy, and Ape-X's off-policy correction only goes
+so far; the time from "the learner publishes" to "every actor acts with it" is the number that matters,
+so it is measured end to end: the publisher notes the send time of each version, and every subscriber
+(a separate process using the real `LearnerLink` drain and `load_numpy_weights` into a real QNetwork)
+reports back (version, applied time). All processes share one machine and CLOCK_MONOTONIC, so the two
+clocks compare directly. Two publishers are measured in the same run: the real `ControlServer` thread
+(what the learner uses) and a bare PUB socket with the same options, so their ratio isolates the cost
+of the control thread from that of the transport.
+
+    python benchmarks/weights_latency.py [--subscribers 8] [--publishes 100] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import dataclasses  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import zmq  # noqa: E402
+
+from benchmarks import common as bench  # noqa: E402
+
+NAME = "weights_latency"
+# subscriber index, weight version (-1: "I am up"), applied at (monotonic ns), decode + apply (ns)
+REPORT = struct.Struct("<qqqq")
+GOAL_P50_MS = 20.0
+GOAL_P99_MS = 100.0
+READY_TIMEOUT_S = 180.0  # eight processes importing torch on a two-core machine take a while
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """A Q-network as plain values, so that spawned subscribers can build the same one."""
+
+    name: str
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    torso: str
+    hidden: tuple[int, ...]
+
+    def build(self) -> Any:
+        from common.config import NetworkConfig
+        from common.networks import QNetwork
+
+        return QNetwork(self.obs_shape, self.num_actions, NetworkConfig(torso=self.torso, hidden=self.hidden))
+
+
+NETS = {
+    "mlp": NetSpec("mlp", (4,), 2, "mlp", (128, 128)),  # the CartPole preset's network
+    "nature_cnn": NetSpec("nature_cnn", (4, 84, 84), 6, "nature_cnn", (512,)),
+}
+
+
+def subscriber_main(
+    index: int, port_base: int, raw_port: int, report_port: int, nets: list[NetSpec], step_ms: float, stop: Any
+) -> None:
+    """An actor's weight path and nothing else: drain the SUB socket to the newest version, decode, apply.
+
+    With `step_ms` > 0 it checks only every `step_ms`, as an actor does between environment steps;
+    otherwise it waits in poll, which measures the transport and the apply alone."""
+    import torch
+
+    from actor.link import LearnerLink
+    from common.networks import load_numpy_weights
+    from common.sockets import connect, make_socket
+
+    torch.set_num_threads(1)  # as every actor does
+    models = {}
+    for spec in nets:
+        model = spec.build().eval()
+        models[frozenset(model.state_dict())] = model
+    config = bench.run_config(port_base, [])
+    ctx = zmq.Context()
+    link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx)
+    link.subscribe(config)
+    assert link.weights_sub is not None
+    connect(link.weights_sub, "127.0.0.1", raw_port)  # the bare PUB publisher, measured in the same run
+    report = make_socket(ctx, zmq.PUSH, hwm=100_000)
+    connect(report, "127.0.0.1", report_port)
+    report.send(REPORT.pack(index, -1, time.monotonic_ns(), 0))
+    try:
+        while not stop.is_set() and link.stop_reason is None:
+            if step_ms > 0:
+                time.sleep(step_ms / 1000)
+            elif not link.weights_sub.poll(100):
+                continue
+            seen = time.monotonic_ns()
+            msg = link.newest_weights()
+            if msg is None:
+                continue
+            load_numpy_weights(models[frozenset(msg.arrays)], msg.arrays)
+            applied = time.monotonic_ns()
+            report.send(REPORT.pack(index, msg.meta["version"], applied, applied - seen))
+    finally:
+        link.close()
+        report.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+class Publisher:
+    """Both publishers, stamping each version's send time just before the learner would build it."""
+
+    def __init__(self, ctx: zmq.Context, config: Any, raw_port: int, modes: list[str]) -> None:
+        from common.sockets import bind, make_socket
+        from common.wire import Encoder
+
+        self.raw = make_socket(ctx, zmq.PUB, hwm=4)  # ControlServer's PUB options
+        bind(self.raw, "127.0.0.1", raw_port, "benchmark weight broadcast")
+        self.encode = Encoder("learner")
+        self.control = None
+        if "control" in modes:
+            from learner.control import ControlServer
+
+            self.control = ControlServer(config, ctx)
+            self.control.start()
+        self.version = 0
+        self.sent_at: dict[int, int] = {}
+        self.call_ns: list[int] = []
+
+    def publish(self, mode: str, model: Any) -> int:
+        """What Learner.publish does (weights_to_numpy, then hand over), timed from its start."""
+        from common.networks import weights_to_numpy
+
+        self.version += 1
+        began = time.monotonic_ns()
+        arrays = weights_to_numpy(model)
+        if mode == "raw":
+            self.raw.send_multipart(self.encode("weights", {"version": self.version}, arrays), copy=False)
+        else:
+            assert self.control is not None
+            self.control.set_weights(self.version, arrays)
+        self.call_ns.append(time.monotonic_ns() - began)
+        self.sent_at[self.version] = began
+        return self.version
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.request_stop("benchmark over")
+            self.control.close()
+        self.raw.close(linger=0)
+
+
+class Reports:
+    """(subscriber, version) -> applied time and apply cost, read from the PULL socket as they come."""
+
+    def __init__(self, ctx: zmq.Context, port: int) -> None:
+        from common.sockets import bind, make_socket
+
+        self.sock = make_socket(ctx, zmq.PULL, hwm=100_000)
+        bind(self.sock, "127.0.0.1", port, "benchmark reports")
+        self.up: set[int] = set()
+        self.applied: dict[tuple[int, int], tuple[int, int]] = {}
+        self.newest: dict[int, int] = {}
+
+    def collect(self, until_ns: int) -> None:
+        while (left := until_ns - time.monotonic_ns()) > 0:
+            if not self.sock.poll(max(1, left // 1_000_000)):
+                continue
+            while True:
+                try:
+                    data = self.sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                sub, version, applied, cost = REPORT.unpack(data)
+                self.up.add(sub)
+                if version >= 0:
+                    self.applied[(sub, version)] = (applied, cost)
+                    self.newest[sub] = max(self.newest.get(sub, -1), version)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def run_phase(
+    publisher: Publisher, reports: Reports, mode: str, spec: NetSpec, subscribers: int, publishes: int, period_ms: float
+) -> dict[str, Any]:
+    model = spec.build()
+    period_ns = int(period_ms * 1e6)
+    # Warm up until every subscriber has applied a version of this phase (connections, allocator, caches).
+    first = publisher.version + 1
+    deadline = time.monotonic() + 60
+    while sum(1 for v in reports.newest.values() if v >= first) < subscribers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{mode}/{spec.name}: not every subscriber received weights within 60 s")
+        publisher.publish(mode, model)
+        reports.collect(time.monotonic_ns() + period_ns)
+    publisher.call_ns.clear()
+    versions = []
+    tick = time.monotonic_ns()
+    for _ in range(publishes):
+        versions.append(publisher.publish(mode, model))
+        tick += period_ns
+        reports.collect(tick)
+    reports.collect(time.monotonic_ns() + max(1_000_000_000, 5 * period_ns))
+    latencies, costs = [], []
+    for version in versions:
+        for sub in range(subscribers):
+            hit = reports.applied.get((sub, version))
+            if hit is not None:
+                latencies.append((hit[0] - publisher.sent_at[version]) / 1e6)
+                costs.append(hit[1] / 1e6)
+    expected = publishes * subscribers
+    return {
+        "network": spec.name,
+        "publisher": mode,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "message_bytes": int(sum(t.numel() * t.element_size() for t in model.state_dict().values())),
+        "latency_ms": {**bench.percentiles(latencies, (50, 90, 99)), "max": max(latencies, default=None)},
+        "apply_ms_p50": bench.percentiles(costs, (50,))["p50"],
+        "publish_call_ms_p50": bench.percentiles([c / 1e6 for c in publisher.call_ns], (50,))["p50"],
+        "delivered": len(latencies),
+        "expected": expected,
+        "delivered_fraction": len(latencies) / expected if expected else None,
+    }
+
+
+def main() -> int:
+    parser = bench.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=0, help="actor-like subscribers (default 8; quick 2)")
+    parser.add_argument("--publishes", type=int, default=0, help="measured publications per phase (default 100)")
+    parser.add_argument("--period-ms", type=float, default=0.0, help="time between publications (default 100)")
+    parser.add_argument("--nets", default="mlp,nature_cnn", help="comma-separated: mlp, nature_cnn")
+    parser.add_argument("--publisher", choices=["both", "control", "raw"], default="both")
+    parser.add_argument("--actor-step-ms", type=float, default=0.0, help="check for weights only every so often")
+    args = parser.parse_args()
+    args.subscribers = args.subscribers or (2 if args.quick else 8)
+    args.publishes = args.publishes or (10 if args.quick else 100)
+    args.period_ms = args.period_ms or (40.0 if args.quick else 100.0)
+    specs = [NETS[name] for name in args.nets.split(",")]
+    modes = ["control", "raw"] if args.publisher == "both" else [args.publisher]
+    base = bench.free_port_base(4)
+    config = bench.run_config(base, [])
+    raw_port, report_port = base + 2, base + 3  # the replay ports of this config, unused here
+    print(
+        f"{NAME}: {args.subscribers} subscribers, {args.publishes} publications every {args.period_ms:g} ms "
+        f"per phase, networks {args.nets}, publishers {', '.join(modes)}"
+    )
+    phases = []
+    with bench.Children() as children, bench.zmq_context() as ctx:
+        reports = Reports(ctx, report_port)
+        publisher = Publisher(ctx, config, raw_port, modes)
+        stop = bench.MP.Event()
+        try:
+            for i in range(args.subscribers):
+                children.spawn(
+                    f"subscriber-{i}",
+                    subscriber_main,
+                    i,
+                    base,
+                    raw_port,
+                    report_port,
+                    specs,
+                    args.actor_step_ms,
+                    stop,
+                    stop=stop,
+                )
+
+            def all_up() -> bool:
+                reports.collect(time.monotonic_ns() + 50_000_000)
+                return len(reports.up) >= args.subscribers
+
+            bench.wait_for(all_up, READY_TIMEOUT_S, "every subscriber to start", children)
+            for spec in specs:
+                for mode in modes:
+                    phases.append(
+                        run_phase(publisher, reports, mode, spec, args.subscribers, args.publishes, args.period_ms)
+                    )
+                    children.check_alive()
+        finally:
+            stop.set()
+            publisher.close()
+            reports.close()
+
+    rows = []
+    for p in phases:
+        lat = p["latency_ms"]
+        row = [f"{p['network']} / {p['publisher']}", p["params"], p["message_bytes"] / 1e6]
+        row += [lat["p50"], lat["p90"], lat["p99"], lat["max"], p["apply_ms_p50"], p["publish_call_ms_p50"]]
+        rows.append([*row, 100 * (p["delivered_fraction"] or 0)])
+    bench.print_table(
+        f"{NAME}: publish -> applied by {args.subscribers} subscribers, ms",
+        ["network / publisher", "params", "MB", "p50", "p90", "p99", "max", "apply p50", "publish p50", "delivered %"],
+        rows,
+    )
+    ratios: dict[str, Any] = {}
+    for spec in specs:
+        by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
+        if "control" in by_mode and "raw" in by_mode:
+            ratios[f"{spec.name}_p50_control_vs_raw"] = bench.ratio(
+                by_mode["control"]["latency_ms"]["p50"], by_mode["raw"]["latency_ms"]["p50"]
+            )
+    if ratios:
+        print("  ".join(f"{k}: {bench.fmt(v)}" for k, v in ratios.items()))
+    print(
+        f"goal (Nature CNN, 8 subscribers): p50 <= {GOAL_P50_MS:g} ms, p99 <= {GOAL_P99_MS:g} ms. "
+        "'apply' is the subscriber's drain + decode + load_numpy_weights; 'publish' the publisher's call."
+    )
+    results = {
+        "subscribers": args.subscribers,
+        "period_ms": args.period_ms,
+        "phases": phases,
+        "ratios": ratios,
+        "goals": {"nature_cnn_p50_ms": GOAL_P50_MS, "nature_cnn_p99_ms": GOAL_P99_MS},
+        "latency_ms_per_subscriber_version": "publish start (before weights_to_numpy) -> load_numpy_weights done",
+    }
+    bench.write_result(NAME, args.json, args, results)
+    ok = all(p["delivered"] > 0 for p in phases)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    bench.run_benchmark(main)
