@@ -115,11 +115,12 @@ class LearnerLink:
         deadline = time.monotonic() + timeout_s
         while not stop.is_set() and time.monotonic() < deadline:
             self._try_send(self.encode("get_weights"))
-            msg = self._recv(self.control, ("weights", "error"), 2.0)
+            # A late `welcome` answers a repeated hello from a slow start: nothing to act on.
+            msg = self._recv(self.control, ("weights", "error", "welcome"), 2.0)
             if msg is not None and msg.kind == "weights":
                 self.version = msg.meta["version"]
                 return msg
-            time.sleep(RETRY_S if msg is not None else 0)
+            time.sleep(RETRY_S if msg is not None and msg.kind == "error" else 0)
         raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
 
     def newest_weights(self) -> Message | None:

@@ -83,6 +83,8 @@ class ReplayConfig:
     """target ratio of sampled to inserted transitions; 0 turns rate limiting off"""
     rate_tolerance: float = 0.0
     """how far (in sampled transitions) the ratio may drift before one side waits; 0 picks a safe value"""
+    snapshot_interval_s: float = 0.0
+    """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off"""
 
     def __post_init__(self) -> None:
         _check(self.capacity >= 1, "replay.capacity", "must be >= 1")
@@ -92,6 +94,7 @@ class ReplayConfig:
         _check(1 <= self.min_size <= self.capacity, "replay.min_size", f"must be in [1, capacity={self.capacity}]")
         _check(self.samples_per_insert >= 0, "replay.samples_per_insert", "must be >= 0")
         _check(self.rate_tolerance >= 0, "replay.rate_tolerance", "must be >= 0")
+        _check(self.snapshot_interval_s >= 0, "replay.snapshot_interval_s", "must be >= 0 (0: no timed snapshots)")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from common.security import require_secure_bind
 
 LINGER_MS = 500
 BULK_KERNEL_BUFFER = 64 << 10
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
 MIN_LIBZMQ = (4, 3, 5)
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ def make_socket(
         sock.setsockopt(zmq.RCVBUF, kernel_buffer_bytes)
     if max_message_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    # ZMTP heartbeats: a peer that died or sits behind a partition is dropped within a few seconds
+    # (its queued messages with it) and reconnected when it returns, instead of TCP's minutes.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     if socket_type == zmq.ROUTER:
         # A reply to a peer that has gone away is an error we want to see, not a silent drop.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

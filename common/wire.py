@@ -133,6 +133,11 @@ SCHEMAS: dict[str, Schema] = {
         optional_meta={"insert_rate": _NUM, "sample_rate": _NUM, "samples_per_insert": _NUM, "waiting": str},
         doc="replay -> requester: occupancy and counters (rejected maps reason -> count)",
     ),
+    "snapshot_request": Schema(doc="anyone -> replay: write a snapshot to RUN_DIR/replay/ now; answered when on disk"),
+    "snapshot_done": Schema(
+        meta={"path": str, "transitions": int, "inserted": int, "bytes": int, "seconds": _NUM},
+        doc="replay -> requester: a snapshot taken after the request is durably on disk at path",
+    ),
     "stop": Schema(
         meta={"reason": str},
         doc="learner -> everyone (PUB): the run is over; actors and evaluators exit",

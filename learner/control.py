@@ -26,6 +26,8 @@ from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 
 log = logging.getLogger(__name__)
 
+SILENT_AFTER_S = 5.0  # actors report every actor.stats_interval_s (1 s by default)
+
 
 @dataclass
 class ActorRecord:
@@ -35,6 +37,7 @@ class ActorRecord:
     weight_version: int = -1
     epsilon: float = float("nan")
     last_seen: float = field(default_factory=time.monotonic)
+    silent: bool = False
 
 
 class ControlServer(threading.Thread):
@@ -188,6 +191,11 @@ class ControlServer(threading.Thread):
         log.info(
             "%s %d joined from %s (pid %s)", msg.meta["role"], index, msg.meta.get("host", "?"), msg.meta.get("pid")
         )
+        if msg.meta["role"] == "actor":
+            # Known from its hello on, so an actor that hangs before its first report is still noticed;
+            # a restarted actor counts its steps from zero again.
+            with self._lock:
+                self.actors[index] = ActorRecord(index)
         config = self.config.to_dict()
         # Key file locations are this machine's business; actors bring their own keys.
         config["net"].update(curve_secret_key="", curve_server_key="", curve_authorized_dir="")
@@ -214,6 +222,20 @@ class ControlServer(threading.Thread):
     def unauthenticated(self) -> int:
         """Clients refused by CURVE (unknown key, plaintext, wrong server key) on both sockets."""
         return self.security.denied if self.security is not None else 0
+
+    def report_silent_actors(self, silent_s: float = SILENT_AFTER_S) -> None:
+        """Log once when an actor stops reporting (dead, hung or cut off) and once when it is back."""
+        now = time.monotonic()
+        with self._lock:
+            records = list(self.actors.values())
+        for record in records:
+            silent = now - record.last_seen > silent_s
+            if silent and not record.silent:
+                idle = now - record.last_seen
+                log.warning("actor %d silent for %.0f s (dead, hung or unreachable)", record.index, idle)
+            elif record.silent and not silent:
+                log.info("actor %d is reporting again", record.index)
+            record.silent = silent
 
     def alive_actors(self, within_s: float = 10.0) -> list[ActorRecord]:
         now = time.monotonic()

@@ -177,7 +177,7 @@ class Learner:
         self.replay.start()
         self.publish()
         start = last_row = time.monotonic()
-        last_checkpoint = start
+        last_checkpoint = next_health_check = start
         row_updates, row_steps = self.updates, self.env_steps
         losses: list[float] = []
         qs: list[float] = []
@@ -247,6 +247,9 @@ class Learner:
                         outcome = self._outcome(True, "solved", start)
                 self._train_returns.extend(returns)
 
+                if now >= next_health_check:
+                    self.control.report_silent_actors()
+                    next_health_check = now + 1.0
                 if now - last_row >= config.log_interval_s:
                     self._write_row(runlog, now - start, now - last_row, row_updates, row_steps, losses, qs, waited)
                     row_updates, row_steps, last_row = self.updates, self.env_steps, now

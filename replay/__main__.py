@@ -1,4 +1,8 @@
-"""`python -m replay` / `distdqn-replay`: run the replay server until SIGINT/SIGTERM."""
+"""`python -m replay` / `distdqn-replay`: run the replay server until SIGINT/SIGTERM.
+
+With `--run-dir` it can snapshot its buffer to RUN_DIR/replay/, and `--restore` starts from the newest
+snapshot there, so a replay server that crashed comes back with the transitions it had.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ from common.sockets import check_libzmq
 
 def _main() -> int:
     parser = config_parser("distdqn-replay", "Replay server: stores actors' transitions, serves batches.")
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="start from RUN_DIR/replay/snapshot.npz (or snapshot.prev.npz); starts empty, with a warning, if none",
+    )
     args = parser.parse_args()
     config = config_from_args(args)
     setup_logging("replay", verbose=args.verbose)
@@ -20,7 +29,7 @@ def _main() -> int:
     stop = install_stop_handlers()
     from replay.server import ReplayServer
 
-    server = ReplayServer(config, env_spec(config.env))
+    server = ReplayServer(config, env_spec(config.env), run_dir=args.run_dir, restore=args.restore)
     try:
         server.run(stop)
     finally:

@@ -5,6 +5,10 @@ socket (sample requests, priority updates, statistics) so that several requests 
 learner that dies never wedges the server in a REQ/REP lockstep. Backpressure is ZeroMQ's own: while
 the rate limiter holds inserts back, the server stops reading the PULL socket, the actors' send queues
 fill to their high-water mark, and the actors wait.
+
+Snapshots (timer, `snapshot_request`, clean exit) copy the buffer's state between loop iterations, where
+it is consistent by construction, and write the copy from a background thread so ingest pauses only for
+the copy, never for the disk.
 """
 
 from __future__ import annotations
@@ -14,21 +18,25 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from common.config import RunConfig
 from common.envs import EnvSpec
+from common.errors import StartupError
 from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.buffer import FieldSpec, ReplayBuffer
 from replay.rate_limiter import SampleToInsertRatio
+from replay.snapshot import SnapshotInfo, load_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
+ACTOR_COUNTS_KEY = "server.stored_by_actor"  # (K, 2) int64 rows of (actor index, transitions stored)
 
 
 def transition_fields(spec: EnvSpec) -> dict[str, FieldSpec]:
@@ -51,8 +59,34 @@ class _PendingSample:
     since: float
 
 
+class _SnapshotJob:
+    """One snapshot write, run by a background thread (or inline at exit); the loop replies to `waiters`."""
+
+    def __init__(self, directory: Path, state: dict, waiters: list[bytes], copy_s: float, reason: str) -> None:
+        self.waiters = waiters
+        self.reason = reason
+        self.copy_s = copy_s
+        self.info: SnapshotInfo | None = None
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self.write, args=(directory, state), name="replay-snapshot", daemon=True)
+
+    def write(self, directory: Path, state: dict) -> None:
+        try:
+            self.info = write_snapshot(directory, state)
+        except Exception as err:  # a full disk must not kill the server: report it to the waiters instead
+            self.error = err
+
+
 class ReplayServer:
-    def __init__(self, config: RunConfig, spec: EnvSpec, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        spec: EnvSpec,
+        *,
+        ctx: zmq.Context | None = None,
+        run_dir: Path | None = None,
+        restore: bool = False,
+    ) -> None:
         # Before anything is allocated: a refused bind should cost nothing (bind() checks again).
         require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
         self.config = config
@@ -75,6 +109,14 @@ class ReplayServer:
         self._pending: deque[_PendingSample] = deque()
         self._encode = Encoder("replay")
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
+        # Without a run directory there is nowhere durable to write, so snapshots are off entirely.
+        self.snapshot_dir = run_dir / "replay" if run_dir is not None else None
+        self._snapshot_interval = rc.snapshot_interval_s if self.snapshot_dir is not None else 0.0
+        self._next_snapshot = time.monotonic() + self._snapshot_interval
+        self._snapshot_waiters: list[bytes] = []
+        self._snapshot_job: _SnapshotJob | None = None
+        if restore:
+            self._restore()  # before any socket exists: a snapshot that does not fit costs nothing to refuse
         self._owns_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.security = ServerSecurity.from_config(config.net, self.ctx)
@@ -178,7 +220,7 @@ class ReplayServer:
             return
         identity, body = frames[0].bytes, frames[1:]
         try:
-            msg = decode(body, expect=("sample", "priorities", "stats_request"))
+            msg = decode(body, expect=("sample", "priorities", "stats_request", "snapshot_request"))
         except DecodeError as err:
             self._reject(err.reason, err)
             if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
@@ -206,6 +248,12 @@ class ReplayServer:
                 self._reject("bad_priorities", "negative priority")
                 return
             self.buffer.update_priorities(index, a["id"], a["priority"])
+        elif msg.kind == "snapshot_request":
+            if self.snapshot_dir is None:
+                detail = "the replay server was started without --run-dir, so it has nowhere to write snapshots"
+                self._reply(identity, "error", {"reason": "snapshots_disabled", "detail": detail})
+            else:
+                self._snapshot_waiters.append(identity)  # answered by the next snapshot to start, not a running one
         else:
             self._reply(identity, "replay_stats", self.stats())
 
@@ -214,6 +262,105 @@ class ReplayServer:
         total = sum(self.rejected.values())
         if total <= 20 or total % 1000 == 0:
             log.warning("rejected a message (%s): %s [%d rejected so far]", reason, detail, total)
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Load the newest readable snapshot; none is a warning, one that does not fit this config is fatal."""
+        if self.snapshot_dir is None:
+            raise StartupError("--restore needs --run-dir: snapshots live in RUN_DIR/replay/")
+        found = load_snapshot(self.snapshot_dir)
+        if found is None:
+            log.warning("--restore: no readable snapshot in %s; starting empty", self.snapshot_dir)
+            return
+        state, path = found
+        try:
+            counts = np.asarray(state.get(ACTOR_COUNTS_KEY, np.zeros((0, 2), np.int64)))
+            if counts.dtype != np.int64 or counts.ndim != 2 or counts.shape[1] != 2:
+                raise ValueError(f"{ACTOR_COUNTS_KEY} must be int64 (K, 2), got {counts.dtype}{counts.shape}")
+            self.buffer.load_state_dict(state)  # checks capacity, mode, alpha and every field's dtype and shape
+        except ValueError as err:
+            raise StartupError(
+                f"replay snapshot {path} does not match this server's config (restore it with the settings it "
+                f"was taken with, or start without --restore): {err}"
+            ) from None
+        self.stored_by_actor = Counter({int(actor): int(n) for actor, n in counts})
+        log.info(
+            "restored %d transitions from %s (%d inserted, %d sampled so far)",
+            self.buffer.size,
+            path,
+            self.buffer.inserted_total,
+            self.buffer.sampled_total,
+        )
+
+    def _snapshot_state(self) -> dict:
+        """The buffer's state (copies, not views) plus the per-actor counts, all plain arrays and scalars."""
+        state: dict = self.buffer.state_dict()
+        rows = sorted(self.stored_by_actor.items())
+        state[ACTOR_COUNTS_KEY] = np.array(rows, dtype=np.int64).reshape(-1, 2)
+        return state
+
+    def _start_snapshot(self, reason: str, *, background: bool = True) -> _SnapshotJob:
+        assert self.snapshot_dir is not None
+        start = time.monotonic()
+        state = self._snapshot_state()  # the only part that holds up the loop: a memcpy of the storage
+        job = _SnapshotJob(self.snapshot_dir, state, self._snapshot_waiters, time.monotonic() - start, reason)
+        self._snapshot_waiters = []
+        self._next_snapshot = start + self._snapshot_interval
+        if background:
+            job.thread.start()
+        else:
+            job.write(self.snapshot_dir, state)
+        return job
+
+    def _finish_snapshot(self, job: _SnapshotJob) -> None:
+        if job.info is None:
+            log.error("snapshot (%s) to %s failed: %s", job.reason, self.snapshot_dir, job.error)
+            detail = f"{type(job.error).__name__}: {job.error}"[:200]
+            for identity in job.waiters:
+                self._reply(identity, "error", {"reason": "snapshot_failed", "detail": detail})
+            return
+        info = job.info
+        log.info(
+            "snapshot (%s): %d transitions (%d inserted so far), %.1f MB to %s in %.2f s (copy %.3f s)",
+            job.reason,
+            info.transitions,
+            info.inserted,
+            info.bytes / 1e6,
+            info.path,
+            info.seconds,
+            job.copy_s,
+        )
+        meta = {
+            "path": str(info.path),
+            "transitions": info.transitions,
+            "inserted": info.inserted,
+            "bytes": info.bytes,
+            "seconds": info.seconds,
+        }
+        for identity in job.waiters:
+            self._reply(identity, "snapshot_done", meta)
+
+    def _tick_snapshots(self) -> None:
+        """Collect a finished write, then start one if asked to or the timer is due (one write at a time)."""
+        job = self._snapshot_job
+        if job is not None:
+            if job.thread.is_alive():
+                return
+            self._snapshot_job = None
+            self._finish_snapshot(job)
+        timer_due = self._snapshot_interval > 0 and time.monotonic() >= self._next_snapshot
+        if self._snapshot_waiters or timer_due:
+            self._snapshot_job = self._start_snapshot("request" if self._snapshot_waiters else "timer")
+
+    def _exit_snapshot(self) -> None:
+        """At a clean stop: finish the write in progress, then write the final state inline."""
+        job = self._snapshot_job
+        if job is not None:
+            job.thread.join()
+            self._snapshot_job = None
+            self._finish_snapshot(job)
+        if self._snapshot_interval > 0 or self._snapshot_waiters:
+            self._finish_snapshot(self._start_snapshot("exit", background=False))
 
     # ---- statistics ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -269,6 +416,7 @@ class ReplayServer:
             if self.ingest in events or self._held is not None:
                 self._ingest_ready(budget=64)
             self._serve_pending()
+            self._tick_snapshots()
             if time.monotonic() >= next_log:
                 next_log += interval
                 s = self.stats()
@@ -284,6 +432,7 @@ class ReplayServer:
                     sum(s["rejected"].values()),
                     f" waiting for {s['waiting']}" if s["waiting"] else "",
                 )
+        self._exit_snapshot()
 
     def close(self) -> None:
         for sock in (self.ingest, self.requests):

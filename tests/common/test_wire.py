@@ -120,6 +120,17 @@ EXAMPLES: dict[str, Callable[[], tuple[Meta, Arrays]]] = {
         },
     ),
     "stats_request": lambda: ({}, {}),
+    "snapshot_request": lambda: ({}, {}),
+    "snapshot_done": lambda: (
+        {
+            "path": "runs/cartpole-s0/replay/snapshot.npz",
+            "transitions": 100_000,
+            "inserted": 2_345_678,
+            "bytes": 6_400_512,
+            "seconds": 0.21,
+        },
+        {},
+    ),
     "replay_stats": lambda: (
         {
             "size": 1000,

@@ -65,3 +65,32 @@ def test_killed_actor_is_restarted_with_current_weights_and_training_continues(c
     # ... and it held those weights before its first step.
     text = log.read_text()
     assert text.rindex("joined run") < text.rindex("acting with epsilon")
+
+
+@pytest.mark.slow
+def test_hung_actor_is_reported_and_does_not_stall_training(cluster: Cluster) -> None:
+    cluster.start_launcher(
+        "--run-dir",
+        str(cluster.run_dir),
+        "--port-base",
+        str(cluster.port_base),
+        "--no-eval",
+        "stop.eval_return=1000000",
+        "stop.max_wall_s=150",
+        "log_interval_s=1",
+    )
+    hung = cluster.wait_until(lambda: _actor_pid(cluster, 1) if _updates(cluster) > 0 else None, timeout_s=90)
+    assert hung, f"the cluster did not start training\n{cluster.diagnostics()}"
+    learner_log = cluster.run_dir / "logs" / "learner.log"
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        updates_at_stop = _updates(cluster)
+        reported = cluster.wait_until(lambda: "actor 1 silent for" in learner_log.read_text(), timeout_s=15)
+        assert reported, f"the learner did not notice the hung actor\n{cluster.diagnostics()}"
+        assert cluster.wait_until(lambda: _updates(cluster) > updates_at_stop + 50, timeout_s=60), (
+            f"training stalled behind the hung actor\n{cluster.diagnostics()}"
+        )
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    back = cluster.wait_until(lambda: "actor 1 is reporting again" in learner_log.read_text(), timeout_s=20)
+    assert back, f"the resumed actor was not noticed\n{cluster.diagnostics()}"
