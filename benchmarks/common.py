@@ -26,7 +26,6 @@ import multiprocessing as mp
 import multiprocessing.synchronize
 import os
 import platform
-import random
 import signal
 import socket
 import subprocess
@@ -49,35 +48,11 @@ Event = multiprocessing.synchronize.Event
 
 
 # ---- ports -----------------------------------------------------------------------------------------
-def _ports_free(base: int, count: int) -> bool:
-    socks: list[socket.socket] = []
-    try:
-        for port in range(base, base + count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind(("127.0.0.1", port))
-    except OSError:
-        return False
-    finally:
-        for sock in socks:
-            sock.close()
-    return True
-
-
 def free_port_base(count: int = 4) -> int:
-    """`count` consecutive free loopback ports, below the ephemeral range where the kernel allows it
-    (an outgoing connection could otherwise take one of them between this check and the bind)."""
-    low, high = 20000, 60000
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-        if ephemeral_low - low >= 2000:
-            high = min(high, ephemeral_low - 8)
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(low, high - count)
-        if _ports_free(base, count):
-            return base
-    raise RuntimeError("no free block of loopback ports found")
+    """`count` consecutive free loopback ports, below the kernel's ephemeral range where it allows."""
+    from common.sockets import free_port_base as find  # the project's package, not this file
+
+    return find(count)
 
 
 # ---- child processes -------------------------------------------------------------------------------

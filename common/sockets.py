@@ -7,8 +7,13 @@ buffered whole before any decoder can refuse it. Every socket in the system is m
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import random
+import socket
+from collections.abc import Collection
+from pathlib import Path
 
 import zmq
 
@@ -112,3 +117,39 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT or tcp://HOST:PORT, got {address!r}")
     return host, int(port)
+
+
+def _ports_free(host: str, base: int, count: int) -> bool:
+    sockets: list[socket.socket] = []
+    try:
+        for port in range(base, base + count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        for sock in sockets:
+            sock.close()
+    return True
+
+
+def free_port_base(count: int = 4, *, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A base of `count` consecutive free ports (for --port-base), to run clusters side by side.
+
+    Chosen below the kernel's ephemeral range where it allows, since an outgoing connection could take
+    one of the ports between this check and the bind; bases in `avoid` (and their neighbours) are skipped.
+    """
+    low, high = 20000, 60000
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        if ephemeral_low - low >= 2000:
+            high = min(high, ephemeral_low - 8)
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high - count)
+        if any(abs(base - used) < count for used in avoid):
+            continue
+        if _ports_free(host, base, count):
+            return base
+    raise StartupError(f"no block of {count} free ports found on {host}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from common.security import (
     secure_client,
     secure_server,
 )
-from common.sockets import bind, make_socket
+from common.sockets import bind, free_port_base, make_socket
 from common.wire import Encoder, decode
 
 NOTHING_WAIT_S = 1.0
@@ -228,22 +227,6 @@ def test_curve_settings_go_together() -> None:
 
 
 # ---- the real servers --------------------------------------------------------------------------
-def _free_port_base() -> int:
-    for _ in range(100):
-        base = int(np.random.randint(20000, 60000))
-        socks = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def _curve_config(keys: Keys, *extra: str) -> RunConfig:
@@ -258,7 +241,7 @@ def _curve_config(keys: Keys, *extra: str) -> RunConfig:
             *extra,
         ],
     )
-    return dataclasses.replace(config, net=config.net.with_port_base(_free_port_base()))
+    return dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
 
 
 def _transitions(n: int) -> dict[str, np.ndarray]:

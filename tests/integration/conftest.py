@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from common import sockets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO_ROOT / "scripts" / "launch_cluster.sh"
@@ -33,43 +33,11 @@ _used_bases: set[int] = set()
 
 
 # ---- ports ---------------------------------------------------------------------------------------
-def _ports_free(base: int, count: int) -> bool:
-    sockets: list[socket.socket] = []
-    try:
-        for port in range(base, base + count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", port))
-    except OSError:
-        return False
-    finally:
-        for sock in sockets:
-            sock.close()
-    return True
-
-
-def _candidate_range() -> tuple[int, int]:
-    """Stay below the kernel's ephemeral range where we can: an outgoing connection could take our port."""
-    low, high = 20000, 60000
-    try:
-        eph_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return low, high
-    return (low, min(high, eph_low - 8)) if eph_low - low >= 2000 else (low, high)
-
-
 def free_port_base(count: int = 4) -> int:
     """A base port with `count` consecutive free ports, different from every base handed out before."""
-    low, high = _candidate_range()
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(low, high - count)
-        if any(abs(base - used) < count for used in _used_bases):
-            continue
-        if _ports_free(base, count):
-            _used_bases.add(base)
-            return base
-    raise RuntimeError("no free block of ports found")
+    base = sockets.free_port_base(count, avoid=_used_bases)
+    _used_bases.add(base)
+    return base
 
 
 # ---- processes -----------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ def _updates(cluster: Cluster) -> int:
     return rows[-1]["learner_updates"] if rows else 0
 
 
-@pytest.mark.slow
-def test_killed_actor_is_restarted_with_current_weights_and_training_continues(cluster: Cluster) -> None:
+def _start_training(cluster: Cluster) -> None:
+    """A cluster without evaluator that trains until the test is done with it (it never solves)."""
     cluster.start_launcher(
         "--run-dir",
         str(cluster.run_dir),
@@ -38,6 +38,11 @@ def test_killed_actor_is_restarted_with_current_weights_and_training_continues(c
         "stop.max_wall_s=150",
         "log_interval_s=1",
     )
+
+
+@pytest.mark.slow
+def test_killed_actor_is_restarted_with_current_weights_and_training_continues(cluster: Cluster) -> None:
+    _start_training(cluster)
     first = cluster.wait_until(lambda: _actor_pid(cluster, 0) if _updates(cluster) > 0 else None, timeout_s=90)
     assert first, f"the cluster did not start training\n{cluster.diagnostics()}"
     log = cluster.run_dir / "logs" / "actor-0.log"
@@ -69,16 +74,7 @@ def test_killed_actor_is_restarted_with_current_weights_and_training_continues(c
 
 @pytest.mark.slow
 def test_hung_actor_is_reported_and_does_not_stall_training(cluster: Cluster) -> None:
-    cluster.start_launcher(
-        "--run-dir",
-        str(cluster.run_dir),
-        "--port-base",
-        str(cluster.port_base),
-        "--no-eval",
-        "stop.eval_return=1000000",
-        "stop.max_wall_s=150",
-        "log_interval_s=1",
-    )
+    _start_training(cluster)
     hung = cluster.wait_until(lambda: _actor_pid(cluster, 1) if _updates(cluster) > 0 else None, timeout_s=90)
     assert hung, f"the cluster did not start training\n{cluster.diagnostics()}"
     learner_log = cluster.run_dir / "logs" / "learner.log"

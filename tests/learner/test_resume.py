@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +11,12 @@ import torch
 
 from common.config import load_config
 from common.envs import EnvSpec
+from common.sockets import free_port_base
 from learner.learner import Learner
 from learner.replay_client import Batch
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 K, N = 30, 70
-
-
-def _port_base() -> int:
-    rng = np.random.default_rng()
-    for _ in range(100):
-        base = int(rng.integers(20000, 32000))
-        socks = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def _batches(count: int, size: int = 32) -> list[Batch]:
@@ -70,7 +51,7 @@ def _learner(run_dir: Path) -> Learner:
             "stop.max_updates=100",
         ],
     )
-    config = dataclasses.replace(config, net=config.net.with_port_base(_port_base()))
+    config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     return Learner(config, SPEC, run_dir)
 
 

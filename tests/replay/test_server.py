@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,28 +13,11 @@ import zmq
 
 from common.config import load_config
 from common.envs import EnvSpec
+from common.sockets import free_port_base
 from common.wire import Encoder, decode, encode
 from replay.server import ReplayServer
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
-
-
-def _free_port_base() -> int:
-    for _ in range(100):
-        base = np.random.randint(20000, 60000)
-        try:
-            socks = []
-            for port in range(base, base + 4):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 @pytest.fixture
@@ -44,7 +26,7 @@ def server() -> Iterator[ReplayServer]:
         "cartpole",
         ["replay.min_size=128", "replay.capacity=1000", "replay.samples_per_insert=0", "net.max_message_mb=1"],
     )
-    config = dataclasses.replace(config, net=config.net.with_port_base(_free_port_base()))
+    config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, SPEC)
     stop = threading.Event()
     thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import zmq
 from common.config import RunConfig, load_config
 from common.envs import EnvSpec
 from common.errors import StartupError
+from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay import snapshot as snap
 from replay.buffer import ReplayBuffer
@@ -31,29 +31,12 @@ SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _free_port_base() -> int:
-    rng = np.random.default_rng()
-    for _ in range(100):
-        base = int(rng.integers(20000, 60000))
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def _config(*overrides: str) -> RunConfig:
     base = ["replay.min_size=128", "replay.capacity=1000", "replay.samples_per_insert=0", *overrides]
     config = load_config("cartpole", base)
-    return dataclasses.replace(config, net=config.net.with_port_base(_free_port_base()))
+    return dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
 
 
 def _transitions(n: int, seed: int) -> dict[str, np.ndarray]:
