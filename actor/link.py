@@ -60,6 +60,7 @@ class LearnerLink:
         connect(self.control, learner_host, learner_port)
         self.weights_sub: zmq.Socket | None = None
         self.version = -1
+        self.learner_run_id = ""
         self.stop_reason: str | None = None
         self.rejected = 0
 
@@ -84,6 +85,7 @@ class LearnerLink:
             if msg.kind == "error":
                 raise StartupError(f"the learner refused to let this {self.role} join: {msg.meta}")
             config = RunConfig.from_dict(msg.meta["config"])
+            self.learner_run_id = msg.meta["run_id"]
             return Welcome(config, msg.meta["actor_index"], msg.meta["run_id"])
         raise StartupError("interrupted while joining")
 
@@ -119,6 +121,7 @@ class LearnerLink:
             msg = self._recv(self.control, ("weights", "error", "welcome"), 2.0)
             if msg is not None and msg.kind == "weights":
                 self.version = msg.meta["version"]
+                self.learner_run_id = msg.meta.get("run_id", self.learner_run_id)
                 return msg
             time.sleep(RETRY_S if msg is not None and msg.kind == "error" else 0)
         raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
@@ -140,10 +143,21 @@ class LearnerLink:
                 continue
             if msg.kind == "stop":
                 self.stop_reason = msg.meta["reason"]
-            elif msg.meta["version"] > self.version:
+            elif self._accept(msg):
                 newest = msg
-                self.version = msg.meta["version"]
         return newest
+
+    def _accept(self, msg: Message) -> bool:
+        """Newer weights from the same learner, or any weights from a restarted one (a new run_id):
+        a learner resumed from a checkpoint counts versions from the checkpoint's, maybe lower."""
+        run_id = msg.meta.get("run_id", self.learner_run_id)
+        if run_id == self.learner_run_id and msg.meta["version"] <= self.version:
+            return False
+        if run_id != self.learner_run_id:
+            log.info("the learner restarted (run %s): taking its weights v%d", run_id, msg.meta["version"])
+            self.learner_run_id = run_id
+        self.version = msg.meta["version"]
+        return True
 
     def send(self, kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         """Statistics to the learner; dropped (not blocking) if the learner is not reading."""

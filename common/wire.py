@@ -73,6 +73,7 @@ SCHEMAS: dict[str, Schema] = {
     "get_weights": Schema(doc="actor -> learner: ask for the current weights now (a late joiner never waits)"),
     "weights": Schema(
         meta={"version": int},
+        optional_meta={"run_id": str},
         any_arrays=True,
         doc="learner -> actors (PUB, or reply to get_weights): every parameter tensor of the Q-network",
     ),

@@ -142,7 +142,8 @@ class ControlServer(threading.Thread):
         with self._lock:
             self._publish_pending = False
             version, arrays = self._weights  # type: ignore[misc]
-        self.pub.send_multipart(self._encode("weights", {"version": version}, arrays), copy=False)
+        meta = {"version": version, "run_id": self.run_id}
+        self.pub.send_multipart(self._encode("weights", meta, arrays), copy=False)
 
     def _reply(self, identity: bytes, frames: list) -> None:
         try:
@@ -174,7 +175,8 @@ class ControlServer(threading.Thread):
             with self._lock:
                 weights = self._weights
             if weights is not None:
-                self._reply(identity, self._encode("weights", {"version": weights[0]}, weights[1]))
+                meta = {"version": weights[0], "run_id": self.run_id}
+                self._reply(identity, self._encode("weights", meta, weights[1]))
             else:
                 self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
         elif msg.kind == "actor_stats":
@@ -205,8 +207,12 @@ class ControlServer(threading.Thread):
     def _actor_stats(self, msg: Message) -> None:
         meta = msg.meta
         with self._lock:
-            record = self.actors.setdefault(meta["actor_index"], ActorRecord(meta["actor_index"]))
             steps = meta["env_steps"]
+            if meta["actor_index"] not in self.actors:
+                # Reporting without a hello to this learner: it kept running across a learner restart,
+                # and its steps so far are in the checkpoint's count already. Count from here on.
+                self.actors[meta["actor_index"]] = ActorRecord(meta["actor_index"], env_steps=steps)
+            record = self.actors[meta["actor_index"]]
             # A restarted actor counts from zero again: its new total is all new steps.
             self.env_steps += steps - record.env_steps if steps >= record.env_steps else steps
             record.env_steps = steps

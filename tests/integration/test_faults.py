@@ -90,3 +90,38 @@ def test_hung_actor_is_reported_and_does_not_stall_training(cluster: Cluster) ->
         os.kill(hung, signal.SIGCONT)
     back = cluster.wait_until(lambda: "actor 1 is reporting again" in learner_log.read_text(), timeout_s=20)
     assert back, f"the resumed actor was not noticed\n{cluster.diagnostics()}"
+
+
+@pytest.mark.slow
+def test_learner_killed_and_resumed_continues_with_the_same_actors_and_replay(cluster: Cluster) -> None:
+    overrides = ("learner.checkpoint_interval_s=2", "stop.eval_return=1000000", "stop.max_wall_s=150")
+    cluster.start_replay(*overrides)
+    first = cluster.start_learner(*overrides, "log_interval_s=1")
+    actors = [cluster.start_actor(i) for i in (0, 1)]
+    written = re.compile(r"checkpoint written: \S+ \(update (\d+)\)")
+    log = cluster.log_path("learner")
+    checkpointed = cluster.wait_until(
+        lambda: [int(u) for u in written.findall(log.read_text()) if int(u) > 0], timeout_s=90
+    )
+    assert checkpointed, f"no checkpoint with updates was written\n{cluster.diagnostics()}"
+    first.kill()
+    first.wait(10)
+    last_checkpoint = [int(u) for u in written.findall(log.read_text())][-1]
+
+    cluster.start("learner-resumed", [*first.args, "--resume"])
+    resumed_log = cluster.log_path("learner-resumed")
+    resumed = re.compile(r"resumed at update (\d+)")
+    match = cluster.wait_until(lambda: resumed.search(resumed_log.read_text()), timeout_s=60)
+    assert match, f"the learner did not resume\n{cluster.diagnostics()}"
+    assert int(match.group(1)) == last_checkpoint
+
+    def trained_on() -> bool:
+        rows = [r for r in cluster.metrics() if "updates_per_s" in r]
+        return bool(rows) and rows[-1]["learner_updates"] > last_checkpoint + 100 and rows[-1]["actors_alive"] == 2
+
+    assert cluster.wait_until(trained_on, timeout_s=60), f"training did not continue\n{cluster.diagnostics()}"
+    # The same actor processes kept going and switched to the resumed learner's weights.
+    assert all(proc.poll() is None for proc in actors)
+    for i in (0, 1):
+        text = cluster.log(f"actor-{i}")
+        assert "the learner restarted" in text, f"actor {i} did not follow the new learner\n{text[-2000:]}"
