@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +57,7 @@ class ControlServer(threading.Thread):
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.new_returns: list[float] = []
         self.eval_results: list[tuple[int, np.ndarray]] = []
-        self.rejected = 0
+        self.rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
         max_bytes = config.net.max_message_mb << 20
         self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
         self.pub = make_socket(ctx, zmq.PUB, hwm=4)
@@ -153,7 +153,7 @@ class ControlServer(threading.Thread):
 
     def _handle(self, frames: list) -> None:
         if len(frames) < 2:
-            self.rejected += 1
+            self.rejected["bad_envelope"] += 1
             return
         identity = frames[0].bytes
         try:
@@ -163,8 +163,8 @@ class ControlServer(threading.Thread):
             elif msg.kind == "eval_result":
                 require_vectors(msg, "returns", "lengths")
         except DecodeError as err:
-            self.rejected += 1
-            if self.rejected <= 20:
+            self.rejected[err.reason] += 1
+            if sum(self.rejected.values()) <= 20:
                 log.warning("rejected a control message: %s", err)
             if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
                 self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))

@@ -316,7 +316,7 @@ class Learner:
             "weight_version": self.version,
             "actors_alive": len(alive),
             "actor_version_lag": float(np.mean(lags)) if lags else None,
-            "messages_rejected": self.control.rejected,
+            "messages_rejected": sum(self.control.rejected.values()),
             "learner_unauthenticated": self.control.unauthenticated,
         }
         runlog.write(row)
