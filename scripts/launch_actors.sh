@@ -2,26 +2,30 @@
 # Start actors on this machine for a learner running elsewhere (or here), and keep them until stopped.
 #
 #   scripts/launch_actors.sh --learner HOST:PORT [--num-actors N] [--first-index I] [--log-dir DIR]
+#                            [--curve-secret-key PATH --curve-server-key PATH]
 #
 # Each actor gets its config from the learner. Give every machine its own block of global indices
 # (--first-index), so that the Ape-X epsilons stay spread: indices are taken modulo the learner's
-# actor.num_actors. Until authentication is in place, use this over a trusted network only.
+# actor.num_actors. Servers off loopback require CurveZMQ: pass this machine's secret key file and
+# the servers' public key file (see docs/security.md).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 learner=""
 num_actors=1
 first_index=0
 run_dir="runs/actors-$(date +%Y%m%d-%H%M%S)"
+curve=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --learner) [ $# -ge 2 ] || die "--learner needs HOST:PORT"; learner="$2"; shift 2 ;;
     --num-actors) [ $# -ge 2 ] || die "--num-actors needs a value"; num_actors="$2"; shift 2 ;;
     --first-index) [ $# -ge 2 ] || die "--first-index needs a value"; first_index="$2"; shift 2 ;;
     --log-dir) [ $# -ge 2 ] || die "--log-dir needs a value"; run_dir="$2"; shift 2 ;;
+    --curve-secret-key|--curve-server-key) [ $# -ge 2 ] || die "$1 needs a path"; curve+=("$1" "$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1 (see $0 --help)" ;;
   esac
@@ -37,7 +41,7 @@ mkdir -p "$run_dir/logs" || die "cannot create $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
 
 for ((i = first_index; i < first_index + num_actors; i++)); do
-  start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner"
+  start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner" "${curve[@]}"
 done
 echo "started $num_actors actor(s) for $learner (indices $first_index..$((first_index + num_actors - 1))); logs in $run_dir/logs"
 # Restart actors that die; finish when every actor has exited normally (the run's stop) or been given up.
