@@ -8,11 +8,12 @@ kept as `previous.pt` so that a damaged newest file still leaves something to re
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from common.durable import write_rotating
 
 log = logging.getLogger(__name__)
 
@@ -20,27 +21,9 @@ LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / LATEST
-    tmp = directory / f".{LATEST}.tmp-{os.getpid()}"
-    with tmp.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if target.exists():
-        os.replace(target, directory / PREVIOUS)
-    os.replace(tmp, target)
-    _fsync_dir(directory)
-    return target
+    write_rotating(directory, LATEST, PREVIOUS, lambda f: torch.save(state, f))
+    return directory / LATEST
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ and reading every array back in full checks it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.durable import write_rotating
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot.npz"
 PREVIOUS = "snapshot.prev.npz"
 FORMAT_KEY = "snapshot.format"
 FORMAT_VERSION = 1
-_TMP_PREFIX = f".{SNAPSHOT}.tmp-"
 
 
 @dataclass(frozen=True)
@@ -40,47 +40,14 @@ class SnapshotInfo:
     seconds: float
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    """Temp files left by a writer that was killed mid-write are garbage: the rename never happened."""
-    for stale in directory.glob(f"{_TMP_PREFIX}*"):
-        try:
-            stale.unlink()
-        except OSError as err:  # another process's file, or gone already: not worth failing a snapshot
-            log.debug("could not remove %s: %s", stale, err)
-
-
 def write_snapshot(directory: Path, state: Mapping[str, np.ndarray | int | float]) -> SnapshotInfo:
     """Write `state` (a replay state dict plus extras) as `directory/snapshot.npz`, atomically and durably."""
     start = time.monotonic()
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(directory)
-    target = directory / SNAPSHOT
-    tmp = directory / f"{_TMP_PREFIX}{os.getpid()}"
     arrays = {key: np.asarray(value) for key, value in state.items()}
     arrays[FORMAT_KEY] = np.asarray(FORMAT_VERSION)
-    try:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        if target.exists():
-            os.replace(target, directory / PREVIOUS)
-        os.replace(tmp, target)
-        _fsync_dir(directory)
-    except BaseException:  # a full disk or a second signal: never leave a half-written temp file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    size = write_rotating(directory, SNAPSHOT, PREVIOUS, lambda f: np.savez(f, **arrays))
     return SnapshotInfo(
-        path=target,
+        path=directory / SNAPSHOT,
         transitions=int(arrays["size"]),
         inserted=int(arrays["inserted_total"]),
         bytes=size,

@@ -34,6 +34,7 @@ def test_no_pickle_style_serialization_anywhere() -> None:
 
 
 def test_the_scan_would_catch_a_violation() -> None:
-    bad = ["import pickle", "sock.recv_pyobj()", "torch.load(path)", "np.load(f, allow_pickle=True)"]
+    load = "torch." + "load(path)"  # spelled in two parts so that this file itself stays clean
+    bad = ["import pickle", "sock.recv_pyobj()", load, "np.load(f, allow_pickle=True)"]
     assert all(_violates(line) for line in bad)
     assert not _violates("torch.load(path, map_location='cpu', weights_only=True)")

@@ -49,7 +49,7 @@ def test_crash_before_rename_keeps_old_checkpoint(tmp_path: Path, monkeypatch: p
     def boom(*_args: object, **_kwargs: object) -> None:
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr("learner.checkpoint.os.replace", boom)
+    monkeypatch.setattr("common.durable.os.replace", boom)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, _state(2))
     monkeypatch.undo()

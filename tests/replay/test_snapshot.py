@@ -117,7 +117,7 @@ def test_write_is_atomic_durable_and_keeps_the_previous(tmp_path: Path, monkeypa
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(snap.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     first = _busy_buffer()
     snap.write_snapshot(tmp_path, first.state_dict())
     second = _busy_buffer()
