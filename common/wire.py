@@ -198,12 +198,6 @@ def _frame_bytes(frame: Any) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def peek_kind(frames: Sequence[Any]) -> tuple[int, str]:
-    """(version, kind) of a message, for refusing other protocol versions with a clear error reply."""
-    header = _unpack_header(frames)
-    return header.get("v", -1), header.get("k", "")
-
-
 def _unpack_header(frames: Sequence[Any]) -> dict[str, Any]:
     if not frames:
         raise DecodeError("empty", "no frames")

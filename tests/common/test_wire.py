@@ -32,7 +32,6 @@ from common.wire import (
     Message,
     decode,
     encode,
-    peek_kind,
 )
 
 Meta = dict[str, Any]
@@ -314,11 +313,6 @@ def test_encode_refuses_what_the_wire_cannot_carry() -> None:
     for bad in (np.array(["ab"]), np.array([1 + 2j]), np.array([object()]), np.zeros(2, np.uint16)):
         with pytest.raises(ValueError, match="not allowed"):
             encode("weights", {"version": 1}, {"w": bad})
-
-
-def test_peek_kind() -> None:
-    assert peek_kind(valid("sample")) == (PROTOCOL_VERSION, "sample")
-    assert peek_kind(with_header(valid("sample"), v=2)) == (2, "sample")
 
 
 def test_expect_accepts_listed_kinds() -> None:
