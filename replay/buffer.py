@@ -235,15 +235,21 @@ class ReplayBuffer:
             else:
                 leaf = self._leaf_values(raw[offset:])
 
-        # Row j of the batch goes where a one-by-one insert would put it.
+        # Row j of the batch goes where a one-by-one insert would put it: contiguous ring slots, in at
+        # most two runs (before and after the wrap), each written with slices rather than gathers.
         rows = np.arange(offset, n, dtype=np.int64)
         slots = (self._cursor + rows) % self._capacity
-        for name, arr in arrays.items():
-            self._data[name][slots] = arr[offset:]
-        self._ids[slots] = self._inserted_total + rows
-        if self._tree is not None:
-            assert leaf is not None
-            self._tree.update(slots, leaf)
+        start = int(slots[0])
+        first = min(kept, self._capacity - start)
+        for dst, src, length in ((start, 0, first), (0, first, kept - first)):
+            if length == 0:
+                continue
+            for name, arr in arrays.items():
+                self._data[name][dst : dst + length] = arr[offset + src : offset + src + length]
+            self._ids[dst : dst + length] = self._inserted_total + rows[src : src + length]
+            if self._tree is not None:
+                assert leaf is not None
+                self._tree.update_range(dst, leaf[src : src + length])
         if raw is not None:
             self._max_priority = max(self._max_priority, float(raw.max()))
 

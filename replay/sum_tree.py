@@ -104,6 +104,27 @@ class SumTree:
                 nodes = nodes[keep]
             tree[nodes] = tree[2 * nodes] + tree[2 * nodes + 1]
 
+    def update_range(self, start: int, values: np.ndarray) -> None:
+        """Set the contiguous leaves ``start .. start + len(values) - 1`` and refresh their ancestors.
+
+        The replay ring always inserts into contiguous slots, and then every tree level is one slice
+        operation instead of a sort and a gather: the insert path's hot spot.
+        """
+        vals = np.asarray(values, dtype=np.float64).ravel()
+        end = start + vals.size
+        if not 0 <= start <= end <= self._capacity:
+            raise ValueError(f"leaf range [{start}, {end}) outside [0, {self._capacity})")
+        if vals.size == 0:
+            return
+        if not np.all(np.isfinite(vals)) or np.any(vals < 0):
+            raise ValueError("sum tree values must be finite and non-negative")
+        tree = self._tree
+        lo, hi = start + self._n_leaves, end - 1 + self._n_leaves
+        tree[lo : hi + 1] = vals
+        for _ in range(self._depth):
+            lo, hi = lo // 2, hi // 2
+            tree[lo : hi + 1] = tree[2 * lo : 2 * hi + 2 : 2] + tree[2 * lo + 1 : 2 * hi + 2 : 2]
+
     def find_prefix(self, targets: np.ndarray) -> np.ndarray:
         """Leaf ``i`` with ``prefix(i) <= target < prefix(i + 1)`` per target.
 

@@ -163,3 +163,27 @@ def test_find_prefix_rejects_nan_and_empty_tree() -> None:
 def test_bad_capacity(capacity: object) -> None:
     with pytest.raises(ValueError):
         SumTree(capacity)  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_update_range_matches_update(data: st.DataObject) -> None:
+    capacity = data.draw(st.integers(1, 70))
+    start = data.draw(st.integers(0, capacity))
+    length = data.draw(st.integers(0, capacity - start))
+    values = np.array(data.draw(st.lists(st.integers(0, 8), min_size=length, max_size=length)), dtype=np.float64) / 4
+    base = np.array(data.draw(st.lists(st.integers(0, 8), min_size=capacity, max_size=capacity)), dtype=np.float64)
+    by_range, by_index = SumTree(capacity), SumTree(capacity)
+    for tree in (by_range, by_index):
+        tree.update(np.arange(capacity), base)
+    by_range.update_range(start, values)
+    by_index.update(np.arange(start, start + length), values)
+    np.testing.assert_array_equal(by_range._tree, by_index._tree)
+
+
+def test_update_range_rejects_bad_input() -> None:
+    tree = SumTree(8)
+    with pytest.raises(ValueError):
+        tree.update_range(6, np.ones(3))
+    with pytest.raises(ValueError):
+        tree.update_range(0, np.array([1.0, -1.0]))
