@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -125,3 +126,26 @@ def test_learner_killed_and_resumed_continues_with_the_same_actors_and_replay(cl
     for i in (0, 1):
         text = cluster.log(f"actor-{i}")
         assert "the learner restarted" in text, f"actor {i} did not follow the new learner\n{text[-2000:]}"
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_hung_replay_server_still_stops_everything_in_time(cluster: Cluster) -> None:
+    """A peer that never answers must not hold the shutdown: every process ends within 10 s."""
+    _start_training(cluster)
+    launcher = cluster.procs["launcher"]
+    assert cluster.wait_until(lambda: _updates(cluster) > 0, timeout_s=90), cluster.diagnostics()
+    replay = next(pid for pid in cluster.remember_descendants() if "-m replay" in cluster.command_line(pid))
+    recorded = cluster.remember_descendants()
+    os.kill(replay, signal.SIGSTOP)
+    time.sleep(1.0)
+    signalled_at = time.time()
+    launcher.send_signal(signal.SIGTERM)
+    gone = cluster.wait_until(
+        lambda: launcher.poll() is not None and not any(cluster.is_alive(pid) for pid in recorded),
+        timeout_s=10,
+        interval_s=0.1,
+    )
+    assert gone, f"still running {time.time() - signalled_at:.1f} s after SIGTERM\n{cluster.diagnostics()}"
+    # The learner was not the one that hung: it wrote its final checkpoint on the way out.
+    checkpoint = cluster.run_dir / "checkpoints" / "latest.pt"
+    assert checkpoint.is_file() and checkpoint.stat().st_mtime >= signalled_at, cluster.diagnostics()
