@@ -11,7 +11,6 @@ import dataclasses
 import ipaddress
 import json
 import sys
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -330,8 +329,6 @@ def _coerce(value: Any, annotation: Any, setting: str) -> Any:
         (item_type, _ellipsis) = typing.get_args(annotation)
         _check(isinstance(value, (list, tuple)), setting, f"expected a list, got {value!r}")
         return tuple(_coerce(v, item_type, setting) for v in value)
-    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no optional fields yet
-        raise ConfigError(f"{setting}: unsupported type")
     raise ConfigError(f"{setting}: unsupported type {annotation!r}")
 
 

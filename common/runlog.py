@@ -76,12 +76,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete rows of a metrics.jsonl (a partly written last line is skipped)."""
+    """Complete rows of a metrics.jsonl; a missing file or a half-written last line is not an error."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
     rows = []
-    with path.open() as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows

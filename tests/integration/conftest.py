@@ -7,7 +7,6 @@ the test fails, so one broken run cannot leave CPU-hungry actors behind to slow 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from common import sockets
+from common.runlog import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO_ROOT / "scripts" / "launch_cluster.sh"
@@ -122,23 +122,6 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, interval_s: float =
 
 
 # ---- run output ----------------------------------------------------------------------------------
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Complete rows of a metrics.jsonl; a missing file or a half-written last line is not an error."""
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace")
