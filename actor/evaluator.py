@@ -37,7 +37,7 @@ class Evaluator:
     def evaluate(self, stop: threading.Event) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of one episode in each of `eval.episodes` fresh environments."""
         episodes = self.config.eval.episodes
-        env = make_vector_env(self.config.env, episodes)
+        env = make_vector_env(self.config.env, episodes, training=False)
         try:
             obs, _ = env.reset(seed=derive_seed(self.config.seed, 5, self.evaluations) % 2**31)
             returns = np.zeros(episodes)

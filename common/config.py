@@ -40,12 +40,26 @@ class EnvConfig:
     num_envs: int = 4
     """environments stepped together by each actor process (one vector env)"""
     max_episode_steps: int = 0
-    """override of the env's time limit; 0 keeps the registered one"""
+    """override of the env's time limit; 0 keeps the registered one (Atari: agent steps of 4 frames)"""
+    frame_stack: int = 4
+    """Atari only (ids 'ALE/...'): frames stacked into one observation"""
+    noop_max: int = 30
+    """Atari only: a game starts after a random 1..noop_max no-op frames; 0 turns them off"""
+    sticky_actions: float = 0.25
+    """Atari only: probability that the emulator repeats the previous action (v5's default; DQN used 0)"""
+
+    @property
+    def atari(self) -> bool:
+        """ALE ids get the DQN preprocessing of common/atari.py; everything else is made as registered."""
+        return self.id.startswith("ALE/")
 
     def __post_init__(self) -> None:
         _check(bool(self.id), "env.id", "must not be empty")
         _check(1 <= self.num_envs <= 1024, "env.num_envs", f"must be in [1, 1024], got {self.num_envs}")
         _check(self.max_episode_steps >= 0, "env.max_episode_steps", "must be >= 0")
+        _check(1 <= self.frame_stack <= 32, "env.frame_stack", f"must be in [1, 32], got {self.frame_stack}")
+        _check(0 <= self.noop_max <= 1000, "env.noop_max", f"must be in [0, 1000], got {self.noop_max}")
+        _check(0 <= self.sticky_actions < 1, "env.sticky_actions", f"must be in [0, 1), got {self.sticky_actions}")
 
 
 @dataclass(frozen=True)
