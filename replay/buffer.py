@@ -78,6 +78,13 @@ class ReplayBuffer:
     inserts ever made, including ones immediately evicted), which lets stale
     priority updates for overwritten slots be recognised and dropped.
 
+    The stored transitions are always the ``size`` newest inserts, in the
+    ring slots just before ``cursor``.  Besides the ring overwriting the
+    oldest, a caller whose own storage runs out first (the frame ring of
+    ``replay.frame_storage``) can drop the oldest early with ``evict_oldest``;
+    a dropped slot gets id -1 and zero priority, so it is never sampled and
+    updates for it count as stale.
+
     With ``prioritized=True`` slot ``i`` is sampled with probability
     ``(p_i + eps)^alpha / sum_j (p_j + eps)^alpha`` where ``p_i`` is the raw
     priority (e.g. |TD error|).  ``alpha`` is restricted to ``[0, 1]`` and
@@ -159,8 +166,21 @@ class ReplayBuffer:
         return self._prioritized
 
     @property
+    def cursor(self) -> int:
+        """Slot the next insert goes to; the oldest stored one is ``(cursor - size) % capacity``."""
+        return self._cursor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the preallocated storage: fields, ids and the sum tree (2 float64 per power-of-two leaf)."""
+        tree = 0
+        if self._tree is not None:
+            tree = 16 * (1 << max(self._capacity - 1, 0).bit_length())
+        return sum(arr.nbytes for arr in self._data.values()) + self._ids.nbytes + tree
+
+    @property
     def ids(self) -> np.ndarray:
-        """Read-only view of per-slot insert ids (-1 for never-written slots)."""
+        """Read-only view of per-slot insert ids (-1 for empty slots: never written or evicted early)."""
         view = self._ids.view()
         view.flags.writeable = False
         return view
@@ -258,6 +278,26 @@ class ReplayBuffer:
         self._inserted_total += n
         return slots
 
+    def evict_oldest(self, count: int) -> None:
+        """Drop the ``count`` oldest stored transitions before the ring would overwrite them.
+
+        Their slots become empty (id -1, zero priority) until the ring reaches
+        them again; ``inserted_total`` and the cursor are unchanged.
+        """
+        if not _is_int(count) or not 0 <= count <= self._size:
+            raise ValueError(f"count must be an int in [0, size={self._size}], got {count!r}")
+        if count == 0:
+            return
+        start = (self._cursor - self._size) % self._capacity
+        first = min(count, self._capacity - start)
+        for dst, length in ((start, first), (0, count - first)):
+            if length == 0:
+                continue
+            self._ids[dst : dst + length] = -1
+            if self._tree is not None:
+                self._tree.update_range(dst, np.zeros(length))
+        self._size -= count
+
     # ---------------------------------------------------------------- sample
     def sample(self, batch_size: int, beta: float) -> SampleResult:
         """Draw ``batch_size`` transitions (with replacement).
@@ -281,6 +321,10 @@ class ReplayBuffer:
 
         if self._tree is None:
             indices = self._rng.integers(0, self._size, size=batch_size, dtype=np.int64)
+            if self._size < self._capacity:
+                # Stored slots run from the oldest to the cursor, which is [0, size) unless evict_oldest
+                # dropped the oldest of a wrapped ring.
+                indices = (indices + (self._cursor - self._size)) % self._capacity
             weights = np.ones(batch_size, dtype=np.float32)
         else:
             total = self._tree.total

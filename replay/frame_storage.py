@@ -1,0 +1,336 @@
+"""Replay storage that keeps each frame once and rebuilds the `obs` / `next_obs` stacks when sampled.
+
+Full stacks cost 2K frames per transition while actors produce about one new frame per transition. A
+message brings its distinct frames once plus (B, K) indices into them (`common/frame_dedup.py`); the frames
+go into a frame ring and each transition keeps the ring slots of its two stacks.
+
+Eviction is coupled so that no transition outlives its frames. A message's transitions only reference its
+own frames, so before a message's frames overwrite the ring, the (always oldest) transitions of the
+messages being overwritten are dropped through `ReplayBuffer.evict_oldest`, which keeps ids, priorities
+and sampling consistent. At most min(capacity, what `frame_capacity` frames hold) transitions are stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from replay.buffer import FieldSpec, ReplayBuffer, SampleResult
+
+OBS, NEXT_OBS = "obs", "next_obs"
+FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES = "frames", "obs_frames", "next_obs_frames"
+_STATE_PREFIX = "frames."
+
+
+class FrameReplayBuffer:
+    """A ReplayBuffer whose `obs` and `next_obs` stacks are indices into one shared frame ring.
+
+    `fields` is the same mapping a ReplayBuffer of full stacks takes; `obs` and `next_obs` must both be
+    (K, *frame_shape). `add` takes the other fields plus FRAMES (F, *frame_shape) and OBS_FRAMES /
+    NEXT_OBS_FRAMES ((B, K) integers indexing FRAMES) instead of the stacks; `sample` returns the stacks.
+    The frame ring holds `ceil(capacity * frames_per_transition)` frames. Ids, priorities, sampling and
+    stale-update detection are the inner ReplayBuffer's, unchanged.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        fields: Mapping[str, FieldSpec],
+        *,
+        frames_per_transition: float = 2.0,
+        prioritized: bool = True,
+        alpha: float = 0.6,
+        priority_eps: float = 1e-6,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(fields, Mapping) or OBS not in fields or NEXT_OBS not in fields:
+            raise ValueError(f"fields must be a mapping that includes {OBS!r} and {NEXT_OBS!r}")
+        spec = fields[OBS]
+        if not isinstance(spec, FieldSpec) or fields[NEXT_OBS] != spec:
+            raise ValueError(f"{OBS!r} and {NEXT_OBS!r} must have the same FieldSpec")
+        if len(spec.shape) < 2 or spec.shape[0] < 1:
+            raise ValueError(f"{OBS!r} must be (K, *frame_shape) with K >= 1, got {spec.shape}")
+        others = {name: s for name, s in fields.items() if name not in (OBS, NEXT_OBS)}
+        if not others:
+            raise ValueError(f"fields need at least one field besides {OBS!r} and {NEXT_OBS!r}")
+        if set(others) & {FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES}:
+            raise ValueError(f"field names {FRAMES!r}, {OBS_FRAMES!r} and {NEXT_OBS_FRAMES!r} are reserved")
+        ratio = float(frames_per_transition)
+        if not (math.isfinite(ratio) and ratio > 0.0):
+            raise ValueError(f"frames_per_transition must be positive and finite, got {frames_per_transition!r}")
+        self._buffer = ReplayBuffer(
+            capacity, others, prioritized=prioritized, alpha=alpha, priority_eps=priority_eps, seed=seed
+        )
+        self._fields = dict(fields)
+        self._stack = spec.shape[0]
+        self._frame_shape = spec.shape[1:]
+        self._dtype = spec.dtype
+        self._frames_per_transition = ratio
+        self._frame_capacity = max(1, math.ceil(capacity * ratio))
+        index_dtype = np.int32 if self._frame_capacity <= np.iinfo(np.int32).max else np.int64
+        self._ring = np.zeros((self._frame_capacity, *self._frame_shape), dtype=self._dtype)
+        self._obs_slots = np.zeros((capacity, self._stack), dtype=index_dtype)
+        self._next_slots = np.zeros((capacity, self._stack), dtype=index_dtype)
+        # Per transition slot: number (counting all frames ever written) of its message's first frame.
+        self._first_frame = np.zeros(capacity, dtype=np.int64)
+        self._written = 0
+
+    # ------------------------------------------------------------------ info
+    @property
+    def capacity(self) -> int:
+        """Maximum number of stored transitions (fewer if the frame ring fills first)."""
+        return self._buffer.capacity
+
+    @property
+    def frame_capacity(self) -> int:
+        """Frames the frame ring holds."""
+        return self._frame_capacity
+
+    @property
+    def frames_per_transition(self) -> float:
+        """The frame budget per transition slot this buffer was built with."""
+        return self._frames_per_transition
+
+    @property
+    def size(self) -> int:
+        """Number of transitions currently stored."""
+        return self._buffer.size
+
+    def __len__(self) -> int:
+        return self._buffer.size
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        """Copy of the transition fields, `obs` and `next_obs` included, as `sample` returns them."""
+        return dict(self._fields)
+
+    @property
+    def prioritized(self) -> bool:
+        return self._buffer.prioritized
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Read-only per-slot insert ids (-1 for empty slots)."""
+        return self._buffer.ids
+
+    @property
+    def cursor(self) -> int:
+        return self._buffer.cursor
+
+    @property
+    def inserted_total(self) -> int:
+        return self._buffer.inserted_total
+
+    @property
+    def sampled_total(self) -> int:
+        return self._buffer.sampled_total
+
+    @property
+    def stale_priority_updates(self) -> int:
+        return self._buffer.stale_priority_updates
+
+    @property
+    def max_priority(self) -> float:
+        return self._buffer.max_priority
+
+    @property
+    def frames_written(self) -> int:
+        """Frames ever written to the ring."""
+        return self._written
+
+    @property
+    def frames_in_use(self) -> int:
+        """Ring frames from the oldest stored transition's message to the newest: what the stored data need."""
+        if self._buffer.size == 0:
+            return 0
+        oldest = (self._buffer.cursor - self._buffer.size) % self._buffer.capacity
+        return self._written - int(self._first_frame[oldest])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the preallocated storage: frame ring, slot tables and the inner buffer."""
+        tables = self._obs_slots.nbytes + self._next_slots.nbytes + self._first_frame.nbytes
+        return self._ring.nbytes + tables + self._buffer.nbytes
+
+    # ------------------------------------------------------------------- add
+    def check_message(self, batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate a message's frame part; return `(frames, obs_frames, next_obs_frames)` (indices as int64).
+
+        Raises ValueError for missing or unexpected keys, frames of the wrong dtype or shape, more
+        frames than the ring holds, index arrays that are not (B, K) integers within the message's frames,
+        or other fields whose batch size is not B. A server can call it when it decodes a message, so a
+        malformed one is rejected before it waits for the rate limiter; `add` calls it too.
+        """
+        if not isinstance(batch, Mapping):
+            raise ValueError("batch must be a mapping of field name -> array")
+        others = [name for name in self._fields if name not in (OBS, NEXT_OBS)]
+        expected = {*others, FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES}
+        if batch.keys() != expected:
+            missing, extra = expected - batch.keys(), batch.keys() - expected
+            raise ValueError(
+                f"batch fields do not match: missing={sorted(missing)}, unexpected={sorted(map(str, extra))}"
+            )
+        frames = np.asarray(batch[FRAMES])
+        if frames.dtype != self._dtype or frames.shape[1:] != self._frame_shape or frames.ndim < 1:
+            raise ValueError(f"{FRAMES}: {frames.dtype}{frames.shape} is not (F, *{self._frame_shape}) {self._dtype}")
+        count = frames.shape[0]
+        if count > self._frame_capacity:
+            raise ValueError(
+                f"a message of {count} frames cannot fit a frame ring of {self._frame_capacity}: raise "
+                "frames_per_transition or send smaller messages"
+            )
+        index = []
+        for name in (OBS_FRAMES, NEXT_OBS_FRAMES):
+            arr = np.asarray(batch[name])
+            if not np.issubdtype(arr.dtype, np.integer) or arr.ndim != 2 or arr.shape[1] != self._stack:
+                raise ValueError(f"{name}: expected (B, {self._stack}) integers, got {arr.dtype}{arr.shape}")
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= count):
+                raise ValueError(f"{name}: frame indices must lie in [0, {count})")
+            index.append(arr.astype(np.int64, copy=False))
+        rows = index[0].shape[0]
+        if index[1].shape[0] != rows:
+            raise ValueError(f"{OBS_FRAMES} and {NEXT_OBS_FRAMES} have different batch sizes")
+        for name in others:
+            if np.shape(batch[name])[:1] != (rows,):
+                raise ValueError(f"field {name!r}: batch size {np.shape(batch[name])[:1]} != {rows} transitions")
+        return frames, index[0], index[1]
+
+    def add(self, batch: Mapping[str, np.ndarray], priorities: np.ndarray | None = None) -> np.ndarray:
+        """Insert one message's B transitions; return the slots of the ones kept (as `ReplayBuffer.add`).
+
+        `batch` holds FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES and every field but `obs` / `next_obs`. Stored
+        transitions whose frames the message's frames overwrite are evicted first. Everything is
+        validated (`check_message`, then the inner buffer's checks) before anything is written.
+        """
+        frames, obs_frames, next_frames = self.check_message(batch)
+        others = [name for name in self._fields if name not in (OBS, NEXT_OBS)]
+        # The inner buffer validates the remaining fields and the priorities before it writes anything;
+        # from here on nothing can fail.
+        slots = self._buffer.add({name: batch[name] for name in others}, priorities)
+        rows, count = obs_frames.shape[0], frames.shape[0]
+        if rows == 0:
+            return slots
+        kept = slots.size
+        start = self._written
+        self._obs_slots[slots] = (start + obs_frames[rows - kept :]) % self._frame_capacity
+        self._next_slots[slots] = (start + next_frames[rows - kept :]) % self._frame_capacity
+        self._first_frame[slots] = start
+        self._buffer.evict_oldest(self._stale_count(start + count - self._frame_capacity))
+        pos = start % self._frame_capacity
+        first = min(count, self._frame_capacity - pos)
+        self._ring[pos : pos + first] = frames[:first]
+        self._ring[: count - first] = frames[first:]
+        self._written = start + count
+        return slots
+
+    def _stale_count(self, threshold: int) -> int:
+        """How many of the oldest stored transitions have their message start before frame `threshold`.
+
+        Messages are written in insert order, so message starts never decrease from the oldest stored
+        transition to the newest, and a binary search over the ring finds the cut.
+        """
+        cap, size = self._buffer.capacity, self._buffer.size
+        oldest = (self._buffer.cursor - size) % cap
+        lo, hi = 0, size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._first_frame[(oldest + mid) % cap] < threshold:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    # ---------------------------------------------------------------- sample
+    def stacks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rebuilt `(obs, next_obs)`, each (len(indices), K, *frame_shape), of stored slots."""
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"indices must be 1-D integers, got {idx.dtype}{idx.shape}")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.capacity):
+            raise ValueError(f"indices must lie in [0, {self.capacity})")
+        if np.any(self._buffer.ids[idx] < 0):
+            raise ValueError("indices include empty slots")
+        if np.any(self._first_frame[idx] < self._written - self._frame_capacity):
+            # Eviction makes this impossible; checking costs B comparisons and rules out silent corruption.
+            raise RuntimeError("a stored transition's frames were overwritten (frame/transition eviction bug)")
+        return self._ring[self._obs_slots[idx]], self._ring[self._next_slots[idx]]
+
+    def sample(self, batch_size: int, beta: float) -> SampleResult:
+        """As `ReplayBuffer.sample`, with `obs` and `next_obs` rebuilt from the frame ring."""
+        result = self._buffer.sample(batch_size, beta)
+        obs, next_obs = self.stacks(result.indices)
+        rebuilt = {OBS: obs, NEXT_OBS: next_obs}
+        data = {name: rebuilt[name] if name in rebuilt else result.data[name] for name in self._fields}
+        return SampleResult(indices=result.indices, ids=result.ids, weights=result.weights, data=data)
+
+    def update_priorities(self, indices: np.ndarray, ids: np.ndarray, priorities: np.ndarray) -> int:
+        """As `ReplayBuffer.update_priorities`; updates for transitions evicted early count as stale."""
+        return self._buffer.update_priorities(indices, ids, priorities)
+
+    # ------------------------------------------------------------- snapshots
+    def state_dict(self) -> dict[str, np.ndarray | int | float]:
+        """The inner buffer's snapshot plus the frame ring and slot tables (copies), under `frames.` keys."""
+        state = self._buffer.state_dict()
+        state.update(
+            {
+                _STATE_PREFIX + "capacity": self._frame_capacity,
+                _STATE_PREFIX + "written": self._written,
+                _STATE_PREFIX + "ring": self._ring.copy(),
+                _STATE_PREFIX + "obs_slots": self._obs_slots.copy(),
+                _STATE_PREFIX + "next_obs_slots": self._next_slots.copy(),
+                _STATE_PREFIX + "first_frame": self._first_frame.copy(),
+            }
+        )
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict` snapshot; the configuration, frame ring size included, must match.
+
+        Everything is validated (and every stored transition's frames checked to be intact) before
+        anything is modified.
+        """
+
+        def get(key: str) -> np.ndarray:
+            if _STATE_PREFIX + key not in state:
+                raise ValueError(f"state_dict is missing {_STATE_PREFIX + key!r} (not a frame-storage snapshot?)")
+            return np.asarray(state[_STATE_PREFIX + key])
+
+        def array(key: str, like: np.ndarray) -> np.ndarray:
+            arr = get(key)
+            if arr.shape != like.shape or arr.dtype != like.dtype:
+                raise ValueError(
+                    f"state_dict[{_STATE_PREFIX + key!r}]: expected {like.dtype}{like.shape}, got "
+                    f"{arr.dtype}{arr.shape}"
+                )
+            return arr
+
+        if get("capacity").shape != () or int(get("capacity")) != self._frame_capacity:
+            raise ValueError(
+                f"state_dict frame capacity {get('capacity')} does not match this buffer's {self._frame_capacity}"
+            )
+        if get("written").shape != ():
+            raise ValueError("state_dict frames.written must be a scalar")
+        written = int(get("written"))
+        ring = array("ring", self._ring)
+        obs_slots = array("obs_slots", self._obs_slots)
+        next_slots = array("next_obs_slots", self._next_slots)
+        first_frame = array("first_frame", self._first_frame)
+        if "ids" not in state or np.shape(state["ids"]) != (self.capacity,):
+            raise ValueError("state_dict has no usable 'ids'")
+        stored = np.asarray(state["ids"]) >= 0
+        lowest = written - self._frame_capacity
+        if written < 0 or np.any(first_frame[stored] < lowest) or np.any(first_frame[stored] >= written):
+            raise ValueError("state_dict frame ring does not hold every stored transition's frames")
+        for slots in (obs_slots, next_slots):
+            if np.any(slots[stored] < 0) or np.any(slots[stored] >= self._frame_capacity):
+                raise ValueError("state_dict frame slots are out of range")
+
+        self._buffer.load_state_dict(state)  # validates everything it owns before changing anything
+        self._ring[...] = ring
+        self._obs_slots[...] = obs_slots
+        self._next_slots[...] = next_slots
+        self._first_frame[...] = first_frame
+        self._written = written
