@@ -73,12 +73,14 @@ def _main() -> int:
             from actor.actor import Actor
 
             worker = Actor(link, welcome.config, welcome.actor_index, ctx)
+            link.connections.watch(worker.push, "replay ingest")
         # Fetched last, once everything else is built, so the weights are as fresh as they can be.
         first = link.fetch_weights(stop)
         load_numpy_weights(worker.net, first.arrays)
         logging.getLogger(name).info("joined run %s with weights v%d", welcome.run_id, first.meta["version"])
         worker.run(stop)
     finally:
+        link.connections.close()  # first: a monitor socket in the actor's own context would hold its close
         if worker is not None:
             worker.close()
         link.close()

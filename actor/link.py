@@ -6,6 +6,10 @@ actor drains it to the newest version between environment steps (CONFLATE does n
 messages), so a slow actor never falls behind a queue of stale weights. At start the actor asks for
 the current weights directly and waits for them: a late joiner never acts with random weights or waits
 for the next publication.
+
+Lost and re-established connections of the link's sockets (and of any socket the actor adds with
+`connections.watch`) are logged from `newest_weights`, which the actor calls between environment steps
+and while it waits to send.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import zmq
 
 from common.config import RunConfig
 from common.errors import StartupError
+from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
 from common.sockets import connect, is_loopback, make_socket
 from common.wire import DecodeError, Encoder, Message, decode
@@ -55,8 +60,10 @@ class LearnerLink:
         self.role = role
         self.ctx = ctx
         self.encode = Encoder(f"{role}-{os.getpid()}")
+        self.connections = ConnectionMonitor(log)
         self.control = make_socket(ctx, zmq.DEALER, hwm=1024, max_message_bytes=64 << 20)
         secure_client(self.control, curve)
+        self.connections.watch(self.control, "learner control")
         connect(self.control, learner_host, learner_port)
         self.weights_sub: zmq.Socket | None = None
         self.version = -1
@@ -93,9 +100,12 @@ class LearnerLink:
         host = config.net.public_host or self.learner_host
         if is_loopback(host) and not is_loopback(self.learner_host):
             host = self.learner_host  # the learner advertised loopback, but we reached it from elsewhere
-        self.weights_sub = make_socket(self.ctx, zmq.SUB, hwm=4, max_message_bytes=config.net.max_message_mb << 20)
+        self.weights_sub = make_socket(
+            self.ctx, zmq.SUB, hwm=4, max_message_bytes=config.net.max_message_mb << 20, heartbeats=False
+        )
         self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
         secure_client(self.weights_sub, self.curve)
+        self.connections.watch(self.weights_sub, "weight broadcast")
         connect(self.weights_sub, host, config.net.weights_port)
 
     def _try_send(self, frames: list) -> None:
@@ -129,6 +139,7 @@ class LearnerLink:
     def newest_weights(self) -> Message | None:
         """Drain the SUB socket and return the newest weights not yet applied (None if none)."""
         assert self.weights_sub is not None, "subscribe() first"
+        self.connections.poll()
         newest = None
         while True:
             try:
@@ -178,6 +189,7 @@ class LearnerLink:
             return None
 
     def close(self) -> None:
+        self.connections.close()
         self.control.close()
         if self.weights_sub is not None:
             self.weights_sub.close()

@@ -44,9 +44,21 @@ def make_socket(
     max_message_bytes: int | None = None,
     linger_ms: int = LINGER_MS,
     kernel_buffer_bytes: int | None = None,
+    heartbeats: bool = True,
 ) -> zmq.Socket:
     """`kernel_buffer_bytes` caps the OS socket buffers too: on bulk-data sockets they otherwise hold
-    megabytes beyond the high-water mark, and backpressure would only start after that much latency."""
+    megabytes beyond the high-water mark, and backpressure would only start after that much latency.
+
+    `heartbeats=False` is for sockets whose reader may stop reading for seconds with its queue full:
+    the bulk path (actor PUSH -> replay PULL, held back by the rate limiter) and the weight broadcast
+    (PUB -> SUB, an evaluator mid-game). A stopped reader cannot see pings, so heartbeats there drop a
+    healthy connection with whatever was in flight, and libzmq can then abort the process on the
+    reconnect ("Assertion failed: _input_stopped", libzmq issue 3937; seen with Atari evaluators). A
+    ping left unread when a sender closes also makes the kernel reset the connection and discard the
+    sender's unsent tail: actors stopping while replay was slow lost their last messages
+    (tests/integration/test_accounting.py). TCP carries these streams across a stall or a partition,
+    and TCP keepalive still finds dead idle peers; the control sockets, always read, keep heartbeats.
+    """
     sock = ctx.socket(socket_type)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
@@ -56,11 +68,17 @@ def make_socket(
         sock.setsockopt(zmq.RCVBUF, kernel_buffer_bytes)
     if max_message_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-    # ZMTP heartbeats: a peer that died or sits behind a partition is dropped within a few seconds
-    # (its queued messages with it) and reconnected when it returns, instead of TCP's minutes.
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    if heartbeats:
+        # ZMTP heartbeats: a peer that died or sits behind a partition is dropped within a few seconds
+        # (its queued messages with it) and reconnected when it returns, instead of TCP's minutes.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    else:
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
     if socket_type == zmq.ROUTER:
         # A reply to a peer that has gone away is an error we want to see, not a silent drop.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

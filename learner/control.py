@@ -3,7 +3,9 @@
 It owns two sockets: a ROUTER where actors and evaluators say hello (and get the run config and their
 global index back), ask for the current weights, and send episode statistics and evaluation results;
 and the PUB socket on which every new weight version and the final stop are broadcast. Publishing from
-this thread keeps the update loop from ever waiting on a slow subscriber.
+this thread keeps the update loop from ever waiting on a slow subscriber. The same loop logs peers
+whose connection to either socket is lost or comes back (`common.monitor`); which actor went quiet is
+told by `report_silent_actors`, from the statistics it stopped sending.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import zmq
 
 from common.config import RunConfig
+from common.monitor import ConnectionMonitor
 from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.sockets import bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
@@ -60,11 +63,18 @@ class ControlServer(threading.Thread):
         self.rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
         max_bytes = config.net.max_message_mb << 20
         self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
-        self.pub = make_socket(ctx, zmq.PUB, hwm=4)
+        # No heartbeats on the broadcast: a subscriber busy for seconds (an evaluator mid-game) stops
+        # reading, and libzmq then drops the connection and can abort on the reconnect (see make_socket).
+        self.pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
         # With CURVE, a subscriber without an authorized key never completes the handshake: no weights.
         self.security = ServerSecurity.from_config(config.net, ctx)
         secure_server(self.router, self.security, "learner control")
         secure_server(self.pub, self.security, "weight broadcast")
+        # After secure_server: this monitor replaces security's own, and counts failed handshakes for it.
+        self.connections = ConnectionMonitor(log)
+        refusals = self.security.refusals if self.security is not None else None
+        self.connections.watch(self.router, "learner control", refusals=refusals)
+        self.connections.watch(self.pub, "weight broadcast", refusals=refusals)
         self.control_address = bind(self.router, config.net.bind_host, config.net.learner_port, "learner control")
         self.weights_address = bind(self.pub, config.net.bind_host, config.net.weights_port, "weight broadcast")
         self._encode = Encoder("learner")
@@ -115,6 +125,8 @@ class ControlServer(threading.Thread):
                 if self._stop_reason is not None:
                     self._broadcast_stop()
                 events = dict(poller.poll(100))
+                self.connections.quiet = self._stop_reason is not None  # at the stop, actors are meant to leave
+                self.connections.poll()
                 while self._wake_rx.poll(0):
                     self._wake_rx.recv()
                 if self.router in events:
@@ -127,6 +139,7 @@ class ControlServer(threading.Thread):
             if self._stop_reason is not None:
                 self._broadcast_stop()
         finally:
+            self.connections.close()
             self._wake_rx.close(linger=0)
             self.router.close()
             self.pub.close()

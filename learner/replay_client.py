@@ -21,6 +21,7 @@ import torch
 import zmq
 
 from common.config import RunConfig
+from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
 from common.sockets import connect, make_socket
 from common.wire import DecodeError, Encoder, decode
@@ -99,6 +100,8 @@ class ReplayClient(threading.Thread):
         net = self.config.net
         sock = make_socket(self.ctx, zmq.DEALER, hwm=1024, max_message_bytes=net.max_message_mb << 20)
         secure_client(sock, self.curve)
+        connections = ConnectionMonitor(log)
+        connections.watch(sock, "replay sampling")
         connect(sock, self.host, net.sample_port)
         encode = Encoder("learner")
         in_flight = 0
@@ -107,6 +110,7 @@ class ReplayClient(threading.Thread):
         last_batch = time.monotonic()
         try:
             while not self._closing.is_set():
+                connections.poll()
                 while ready:
                     try:
                         self.batches.put_nowait(ready[0])
@@ -161,4 +165,5 @@ class ReplayClient(threading.Thread):
                     in_flight = max(in_flight - 1, 0)
                     log.error("replay refused a request: %s", msg.meta)
         finally:
+            connections.close()
             sock.close(linger=200)

@@ -2,8 +2,8 @@
 
 Two namespaces joined by a veth pair give a genuine non-loopback link without touching any real
 network: the only addresses used are the pair's own (a /30 from 10.213.0.0/16, which exists only
-inside the namespaces). Needs root and `ip netns`; skipped with the reason otherwise. Everything it
-creates (namespaces, veth pair, processes) is removed in `finally`, pass or fail.
+inside the namespaces; see tests/integration/netns.py). Needs root and `ip netns`; skipped with the
+reason otherwise. Everything it creates (namespaces, veth pair, processes) is removed, pass or fail.
 """
 
 from __future__ import annotations
@@ -11,97 +11,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.integration.netns import REPO_ROOT, Link, keygen, veth_link
+
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENT = Path(__file__).resolve().parent / "curve_client.py"
 PORT_BASE = 47310  # namespace-local: nothing else listens inside a fresh namespace
 INGEST_PORT, SAMPLE_PORT = PORT_BASE + 2, PORT_BASE + 3
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def _skip(reason: str) -> None:
-    print(f"skipping the network-namespace test: {reason}")
-    pytest.skip(reason)
-
-
-@dataclass
-class Link:
-    server_ns: str
-    client_ns: str
-    server_ip: str
-    client_ip: str
-
-    def run(self, ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", ns, *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-        )
-
-
 @pytest.fixture
 def link() -> Iterator[Link]:
-    if not sys.platform.startswith("linux") or shutil.which("ip") is None:
-        _skip("needs Linux with the iproute2 'ip' command")
-    if os.geteuid() != 0:
-        _skip("needs root to create network namespaces")
-    tag = f"dq{secrets.token_hex(3)}"
-    subnet = secrets.randbelow(256)
-    link = Link(f"{tag}s", f"{tag}c", f"10.213.{subnet}.1", f"10.213.{subnet}.2")
-    veth_server, veth_client = f"{tag}a", f"{tag}b"
-    created: list[str] = []
-    try:
-        result = _ip("netns", "add", link.server_ns)
-        if result.returncode != 0:
-            _skip(f"'ip netns add' is not permitted here: {result.stderr.strip()}")
-        created.append(link.server_ns)
-        steps = [
-            ("netns", "add", link.client_ns),
-            ("link", "add", veth_server, "type", "veth", "peer", "name", veth_client),
-            ("link", "set", veth_server, "netns", link.server_ns),
-            ("link", "set", veth_client, "netns", link.client_ns),
-            ("-n", link.server_ns, "addr", "add", f"{link.server_ip}/30", "dev", veth_server),
-            ("-n", link.client_ns, "addr", "add", f"{link.client_ip}/30", "dev", veth_client),
-            ("-n", link.server_ns, "link", "set", veth_server, "up"),
-            ("-n", link.client_ns, "link", "set", veth_client, "up"),
-            ("-n", link.server_ns, "link", "set", "lo", "up"),
-            ("-n", link.client_ns, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            result = _ip(*step)
-            if step[:2] == ("netns", "add") and result.returncode == 0:
-                created.append(step[2])
-            if result.returncode != 0:
-                _skip(f"'ip {' '.join(step)}' failed: {result.stderr.strip()}")
-        yield link
-    finally:
-        for ns in created:
-            _ip("netns", "delete", ns)  # takes its end of the veth pair, and so the pair, with it
-        _ip("link", "delete", veth_server)  # only there if a step failed before the move
-
-
-def _keygen(directory: Path, name: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "common.keys", name, "--dir", str(directory)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    with veth_link() as made:
+        yield made
 
 
 def _replay_argv(host: str, *overrides: str) -> list[str]:
@@ -130,7 +61,7 @@ def test_replay_off_loopback_needs_curve_and_admits_only_authorized_clients(link
     # (2) With CURVE it serves, but only to clients whose key is in the authorized directory.
     keys, authorized = tmp_path / "keys", tmp_path / "authorized"
     for name in ("server", "actor", "intruder"):
-        _keygen(keys, name)
+        keygen(keys, name)
     authorized.mkdir(mode=0o755)
     shutil.copy(keys / "actor.key", authorized / "actor.key")
     curve = [
