@@ -4,11 +4,16 @@ Each actor has one global index i (from the launcher or assigned by the learner)
 Ape-X epsilon_i = base ** (1 + alpha * i / (N - 1)), so the population explores at many rates at once.
 Initial priorities are the transitions' own |TD errors| under the actor's network copy (Ape-X), so new
 data is sampled in proportion to how surprising it is rather than all at the maximum priority.
+
+Every process numbers its stream of transitions (a random stream id, and how many it sent before each
+message) and ends it with a `stream_end` holding its totals, so that replay can account for each
+transition: stored, rejected, dropped or lost (replay/accounting.py).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
@@ -21,6 +26,7 @@ from actor.link import LearnerLink
 from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
+from common.frame_dedup import dedup_stacks
 from common.networks import QNetwork, load_numpy_weights
 from common.process import derive_seed
 from common.security import secure_client
@@ -29,6 +35,8 @@ from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
 log = logging.getLogger(__name__)
 
 SEND_POLL_MS = 100
+STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
+FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
 
 
 class Outbox:
@@ -53,7 +61,7 @@ class Outbox:
 
 
 class Actor:
-    def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int, ctx: zmq.Context) -> None:
+    def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int) -> None:
         self.link = link
         self.config = config
         self.index = actor_index
@@ -71,9 +79,19 @@ class Actor:
         replay_host = config.net.public_host or link.learner_host
         if is_loopback(replay_host) and not is_loopback(link.learner_host):
             replay_host = link.learner_host
-        self.push = make_socket(ctx, zmq.PUSH, hwm=config.net.send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
+        # Its own context, so that closing can wait for exactly this socket's queue to leave (see close).
+        self._push_ctx = zmq.Context()
+        self.push = make_socket(
+            self._push_ctx,
+            zmq.PUSH,
+            hwm=config.net.send_hwm,
+            kernel_buffer_bytes=BULK_KERNEL_BUFFER,
+            heartbeats=False,
+        )
         secure_client(self.push, link.curve)
         connect(self.push, replay_host, config.net.ingest_port)
+        self.stream = secrets.token_hex(4)
+        self.stacked_frames = len(self.spec.obs_shape) == 3
         self.env_steps = 0
         self.transitions_sent = 0
         self.transitions_dropped = 0
@@ -97,8 +115,15 @@ class Actor:
     def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
         """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
         arrays["priority"] = self.priorities(arrays)
-        frames = self.link.encode("transitions", {"actor_index": self.index}, arrays)
         count = arrays["action"].shape[0]
+        meta = {"actor_index": self.index, "stream": self.stream, "sent_before": self.transitions_sent, "count": count}
+        kind = "transitions"
+        if self.stacked_frames:  # each distinct frame once: about 6x fewer bytes than full stacks
+            kind = "frame_transitions"
+            arrays["frames"], arrays["obs_frames"], arrays["next_obs_frames"] = dedup_stacks(
+                arrays.pop("obs"), arrays.pop("next_obs")
+            )
+        frames = self.link.encode(kind, meta, arrays)
         while True:
             if self.push.poll(SEND_POLL_MS, zmq.POLLOUT):
                 self.push.send_multipart(frames, copy=False)
@@ -110,6 +135,20 @@ class Actor:
                 log.info("dropped %d unsent transitions at shutdown", count)
                 return
 
+    def _end_stream(self) -> bool:
+        """Tell replay this stream's totals, after everything it sent (same socket, so same order)."""
+        meta = {
+            "actor_index": self.index,
+            "stream": self.stream,
+            "sent": self.transitions_sent,
+            "dropped": self.transitions_dropped,
+        }
+        if self.push.poll(int(STREAM_END_TIMEOUT_S * 1000), zmq.POLLOUT):
+            self.push.send_multipart(self.link.encode("stream_end", meta))
+            return True
+        log.warning("replay is not reading: stream %s ends without its totals reaching it", self.stream)
+        return False
+
     def _take_weights(self) -> None:
         msg = self.link.newest_weights()
         if msg is not None:
@@ -120,6 +159,8 @@ class Actor:
             "actor_index": self.index,
             "env_steps": self.env_steps,
             "transitions_sent": self.transitions_sent,
+            "transitions_dropped": self.transitions_dropped,
+            "stream": self.stream,
             "weight_version": self.link.version,
             "epsilon": self.epsilon,
             "steps_per_s": steps_per_s,
@@ -171,18 +212,41 @@ class Actor:
                 self._report((self.env_steps - last_steps) / (now - last_time))
                 last_steps, last_time = self.env_steps, now
                 next_report = now + ac.stats_interval_s
-        if outbox.count and self.link.stop_reason is None:
-            self._send(outbox.take(), stop)
+        if outbox.count:
+            if self.link.stop_reason is None:
+                self._send(outbox.take(), stop)
+            else:  # the run is over: replay is stopping too
+                self.transitions_dropped += outbox.count
+        self._end_stream()
         self._report(0.0)
         log.info(
-            "actor %d stopping (%s): %d env steps, %d transitions sent, %d dropped",
+            "actor %d stopping (%s): %d env steps; stream %s: %d transitions sent, %d dropped unsent",
             self.index,
             self.link.stop_reason or "signal",
             self.env_steps,
+            self.stream,
             self.transitions_sent,
             self.transitions_dropped,
         )
 
     def close(self) -> None:
+        """Let the queued tail of the stream (stream_end last) leave, for at most FLUSH_TIMEOUT_S.
+
+        A context's term() returns once its sockets' queues are sent or their linger has run out, so
+        its duration tells whether the tail left. If it did not, replay keeps the stream open and this
+        log line is the only record of how many transitions may not have arrived.
+        """
         self.env.close()
-        self.push.close()
+        start = time.monotonic()
+        self.push.close(linger=int(FLUSH_TIMEOUT_S * 1000))
+        self._push_ctx.term()
+        if time.monotonic() - start >= FLUSH_TIMEOUT_S - 0.05:
+            bound = (self.config.net.send_hwm + 1) * self.config.actor.send_size
+            log.warning(
+                "replay did not take the end of stream %s within %.0f s: up to %d of the %d transitions sent, "
+                "and the stream's totals, may not have reached it",
+                self.stream,
+                FLUSH_TIMEOUT_S,
+                bound,
+                self.transitions_sent,
+            )

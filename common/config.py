@@ -98,6 +98,10 @@ class ReplayConfig:
     """how far (in sampled transitions) the ratio may drift before one side waits; 0 picks a safe value"""
     snapshot_interval_s: float = 0.0
     """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off"""
+    frame_dedup: bool = True
+    """store stacked-frame observations (K, H, W) as distinct frames, rebuilt into stacks when sampled"""
+    frames_per_transition: float = 2.0
+    """frame_dedup's frame budget per transition slot (about 1.1-1.5 are used; fewer fit if more are)"""
 
     def __post_init__(self) -> None:
         _check(self.capacity >= 1, "replay.capacity", "must be >= 1")
@@ -108,6 +112,7 @@ class ReplayConfig:
         _check(self.samples_per_insert >= 0, "replay.samples_per_insert", "must be >= 0")
         _check(self.rate_tolerance >= 0, "replay.rate_tolerance", "must be >= 0")
         _check(self.snapshot_interval_s >= 0, "replay.snapshot_interval_s", "must be >= 0 (0: no timed snapshots)")
+        _check(0 < self.frames_per_transition <= 16, "replay.frames_per_transition", "must be in (0, 16]")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ TB_TAGS = {
     "replay_sample_per_s": "replay/sample_per_s",
     "samples_per_insert": "replay/samples_per_insert",
     "replay_rejected": "replay/rejected",
+    "replay_dropped": "replay/dropped",
+    "replay_lost": "replay/lost",
     "learner_wait_fraction": "charts/learner_wait_fraction",
     "weight_version": "actors/weight_version",
     "actor_version_lag": "actors/version_lag",

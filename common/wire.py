@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_ARRAYS = 256
@@ -32,11 +32,16 @@ _LITTLE_ENDIAN = np.little_endian
 
 
 class DecodeError(ValueError):
-    """Anything malformed; `reason` is a short stable code used in rejection counters."""
+    """Anything malformed; `reason` is a short stable code used in rejection counters.
+
+    `meta` is the message's validated meta when only its arrays were at fault, so that a receiver can
+    still say whose message it refused (replay's per-stream accounting does).
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Schema:
 
 _F32 = frozenset({"float32"})
 _I64 = frozenset({"int64"})
+_I32 = frozenset({"int32"})
 _NUM = (int, float)
 
 SCHEMAS: dict[str, Schema] = {
@@ -79,6 +85,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "transitions": Schema(
         meta={"actor_index": int},
+        optional_meta={"stream": str, "sent_before": int, "count": int},
         arrays={
             "obs": None,
             "action": _I64,
@@ -91,9 +98,28 @@ SCHEMAS: dict[str, Schema] = {
         batched=True,
         doc="actor -> replay (PUSH): n-step transitions, initial priorities, the weight version that acted",
     ),
+    "frame_transitions": Schema(
+        meta={"actor_index": int},
+        optional_meta={"stream": str, "sent_before": int, "count": int},
+        arrays={
+            "frames": None,
+            "obs_frames": _I32,
+            "next_obs_frames": _I32,
+            "action": _I64,
+            "reward": _F32,
+            "discount": _F32,
+            "priority": _F32,
+            "version": _I64,
+        },
+        doc="actor -> replay (PUSH): transitions of stacked frames, each distinct frame sent once",
+    ),
+    "stream_end": Schema(
+        meta={"actor_index": int, "stream": str, "sent": int, "dropped": int},
+        doc="actor -> replay (PUSH), last on its stream: transitions sent in all, and dropped unsent",
+    ),
     "actor_stats": Schema(
         meta={"actor_index": int, "env_steps": int, "transitions_sent": int, "weight_version": int},
-        optional_meta={"epsilon": _NUM, "steps_per_s": _NUM},
+        optional_meta={"epsilon": _NUM, "steps_per_s": _NUM, "transitions_dropped": int, "stream": str},
         arrays={"episode_returns": _F32, "episode_lengths": _I64},
         batched=True,
         doc="actor -> learner: cumulative counters and the episodes finished since the last report",
@@ -131,8 +157,15 @@ SCHEMAS: dict[str, Schema] = {
     "stats_request": Schema(doc="anyone -> replay: ask for the replay_stats counters"),
     "replay_stats": Schema(
         meta={"size": int, "capacity": int, "inserted": int, "sampled": int, "rejected": dict},
-        optional_meta={"insert_rate": _NUM, "sample_rate": _NUM, "samples_per_insert": _NUM, "waiting": str},
-        doc="replay -> requester: occupancy and counters (rejected maps reason -> count)",
+        optional_meta={
+            "insert_rate": _NUM,
+            "sample_rate": _NUM,
+            "samples_per_insert": _NUM,
+            "waiting": str,
+            "dropped": int,
+            "lost": int,
+        },
+        doc="replay -> requester: occupancy and counters (rejected maps reason -> count; dropped, lost in transitions)",
     ),
     "snapshot_request": Schema(doc="anyone -> replay: write a snapshot to RUN_DIR/replay/ now; answered when on disk"),
     "snapshot_done": Schema(
@@ -235,6 +268,15 @@ def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> M
         raise DecodeError("bad_header", "unknown header keys")
     schema = SCHEMAS[kind]
     _check_meta(kind, schema, meta)
+    try:
+        arrays = _decode_arrays(kind, schema, specs, frames)
+    except DecodeError as err:
+        err.meta = meta
+        raise
+    return Message(kind=kind, sender=sender, seq=seq, meta=meta, arrays=arrays)
+
+
+def _decode_arrays(kind: str, schema: Schema, specs: list, frames: Sequence[Any]) -> dict[str, np.ndarray]:
     if len(specs) > MAX_ARRAYS:
         raise DecodeError("too_many_arrays", str(len(specs)))
     if len(frames) != len(specs) + 1:
@@ -246,7 +288,7 @@ def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> M
             raise DecodeError("bad_array", f"duplicate array {name!r}")
         arrays[name] = array
     _check_arrays(kind, schema, arrays)
-    return Message(kind=kind, sender=sender, seq=seq, meta=meta, arrays=arrays)
+    return arrays
 
 
 def _check_meta(kind: str, schema: Schema, meta: dict[str, Any]) -> None:

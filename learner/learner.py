@@ -310,6 +310,8 @@ class Learner:
             "replay_sample_per_s": stats.get("sample_rate"),
             "samples_per_insert": stats.get("samples_per_insert"),
             "replay_rejected": sum(stats.get("rejected", {}).values()) if stats else None,
+            "replay_dropped": stats.get("dropped"),
+            "replay_lost": stats.get("lost"),
             "learner_wait_fraction": min(waited / span, 1.0),
             "train_return_mean": float(np.mean(returns)) if returns else None,
             "train_episodes": len(returns),

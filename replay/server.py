@@ -13,6 +13,7 @@ the copy, never for the disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,12 +25,16 @@ import numpy as np
 import zmq
 
 from common.config import RunConfig
+from common.durable import write_rotating
 from common.envs import EnvSpec
 from common.errors import StartupError
+from common.frame_dedup import dedup_stacks
 from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
+from replay.accounting import Ledger, StreamRecord
 from replay.buffer import FieldSpec, ReplayBuffer
+from replay.frame_storage import FrameReplayBuffer
 from replay.rate_limiter import SampleToInsertRatio
 from replay.snapshot import SnapshotInfo, load_snapshot, write_snapshot
 
@@ -37,6 +42,35 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 50
 ACTOR_COUNTS_KEY = "server.stored_by_actor"  # (K, 2) int64 rows of (actor index, transitions stored)
+LEDGER_KEY = "server.ledger"  # the per-stream accounting as JSON bytes (uint8)
+ACCOUNTING_FILE = "accounting.json"
+DRAIN_QUIET_S = 0.3  # at a stop, read what actors still send (their stream_end) until quiet this long ...
+DRAIN_MAX_S = 1.5  # ... or this long in all
+INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
+VECTORS = ("action", "reward", "discount", "priority", "version")
+
+
+def uses_frame_storage(spec: EnvSpec, config: RunConfig) -> bool:
+    """Stacked frames (K, H, W) are stored as distinct frames unless the config says otherwise."""
+    return config.replay.frame_dedup and len(spec.obs_shape) == 3
+
+
+def make_buffer(config: RunConfig, spec: EnvSpec) -> ReplayBuffer | FrameReplayBuffer:
+    rc = config.replay
+    common = {"prioritized": rc.prioritized, "alpha": rc.alpha, "seed": config.seed + 7919}
+    if not uses_frame_storage(spec, config):
+        return ReplayBuffer(rc.capacity, transition_fields(spec), **common)
+    stack = spec.obs_shape[0]
+    needed = 2 * stack * config.actor.send_size  # the most frames one message can carry
+    if rc.capacity * rc.frames_per_transition < needed:
+        raise StartupError(
+            f"replay.capacity ({rc.capacity}) x replay.frames_per_transition ({rc.frames_per_transition:g}) "
+            f"frames cannot hold one message of actor.send_size={config.actor.send_size} stacks of {stack} "
+            f"frames ({needed} frames)"
+        )
+    return FrameReplayBuffer(
+        rc.capacity, transition_fields(spec), frames_per_transition=rc.frames_per_transition, **common
+    )
 
 
 def transition_fields(spec: EnvSpec) -> dict[str, FieldSpec]:
@@ -92,20 +126,15 @@ class ReplayServer:
         self.config = config
         self.spec = spec
         rc = config.replay
-        self.buffer = ReplayBuffer(
-            rc.capacity,
-            transition_fields(spec),
-            prioritized=rc.prioritized,
-            alpha=rc.alpha,
-            seed=config.seed + 7919,
-        )
+        self.buffer = make_buffer(config, spec)
         self.limiter = SampleToInsertRatio.for_run(
             rc.samples_per_insert, rc.min_size, rc.rate_tolerance, config.actor.send_size, config.learner.batch_size
         )
         self.max_insert = config.actor.send_size
         self.rejected: Counter[str] = Counter()
         self.stored_by_actor: Counter[int] = Counter()
-        self._held: tuple[Message, int] | None = None  # a decoded insert waiting for the rate limiter
+        self.ledger = Ledger()
+        self._held: tuple[Message, int, StreamRecord] | None = None  # a decoded insert waiting for the limiter
         self._pending: deque[_PendingSample] = deque()
         self._encode = Encoder("replay")
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
@@ -127,6 +156,7 @@ class ReplayServer:
             hwm=config.net.send_hwm,
             max_message_bytes=max_bytes,
             kernel_buffer_bytes=BULK_KERNEL_BUFFER,
+            heartbeats=False,  # see make_socket: on the bulk path they lose data
         )
         self.requests = make_socket(self.ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
         secure_server(self.ingest, self.security, "replay ingest")
@@ -136,38 +166,96 @@ class ReplayServer:
         self.sample_address = bind(self.requests, host, config.net.sample_port, "replay sampling")
 
     # ---- ingest -------------------------------------------------------------------------------
-    def _decode_insert(self, frames: list) -> tuple[Message, int] | None:
+    def _decode_insert(self, frames: list) -> tuple[Message, int, StreamRecord] | None:
+        """A valid insert, or None after counting the message as rejected (or closing a stream)."""
         try:
-            msg = decode(frames, expect=("transitions",))
+            msg = decode(frames, expect=INGEST_KINDS)
         except DecodeError as err:
-            self._reject(err.reason, err)
+            self._reject(err.reason, err, err.meta)
+            return None
+        if msg.kind == "stream_end":
+            self._end_stream(msg.meta)
             return None
         a = msg.arrays
-        count = a["action"].shape[0]
-        shape, dtype = self.spec.obs_shape, self.spec.obs_dtype
-        for name in ("obs", "next_obs"):
-            if a[name].shape[1:] != shape or a[name].dtype != dtype:
-                self._reject("wrong_obs_spec", f"{name} {a[name].dtype}{a[name].shape[1:]} vs {dtype}{shape}")
-                return None
+        count = a["action"].shape[0] if a["action"].ndim else -1
+        meta = msg.meta
+        if count < 0 or meta.get("count", count) != count or meta.get("sent_before", 0) < 0:
+            self._reject("bad_count", f"count {meta.get('count')} for {count} rows, from actor {meta['actor_index']}")
+            return None
+        record, in_order = self.ledger.arrived(meta, count)
+        if not in_order:
+            self._reject("out_of_order", f"actor {meta['actor_index']} stream {meta.get('stream')}")
+            return None
+        problem = self._check_observations(msg, count)
+        if problem is not None:
+            self._reject(*problem, record=record, count=count)
+            return None
         checks = (
             (count == 0, "empty_batch"),
             (count > self.max_insert, "batch_too_large"),
-            (any(a[k].ndim != 1 for k in ("action", "reward", "discount", "priority", "version")), "bad_shape"),
+            (any(a[k].shape != (count,) for k in VECTORS), "bad_shape"),
             (bool(((a["action"] < 0) | (a["action"] >= self.spec.num_actions)).any()), "bad_action"),
             (bool(((a["discount"] < 0) | (a["discount"] > 1)).any()), "bad_discount"),
             (bool((a["priority"] < 0).any()), "bad_priority"),
         )
         for failed, reason in checks:
             if failed:
-                self._reject(reason, f"from actor {msg.meta['actor_index']}")
+                self._reject(reason, f"from actor {meta['actor_index']}", record=record, count=count)
                 return None
-        return msg, count
+        return msg, count, record
 
-    def _store(self, msg: Message, count: int) -> None:
+    def _check_observations(self, msg: Message, count: int) -> tuple[str, str] | None:
+        """(reason, detail) when the message's observations do not fit the run's spec, else None."""
         a = msg.arrays
-        batch = {name: a[name] for name in ("obs", "action", "reward", "discount", "next_obs")}
-        self.buffer.add(batch, a["priority"])
+        shape, dtype = self.spec.obs_shape, self.spec.obs_dtype
+        if msg.kind == "transitions":
+            for name in ("obs", "next_obs"):
+                if a[name].shape[1:] != shape or a[name].dtype != dtype:
+                    return "wrong_obs_spec", f"{name} {a[name].dtype}{a[name].shape[1:]} vs {dtype}{shape}"
+            return None
+        if len(shape) != 3:
+            return "wrong_obs_spec", f"frames sent for {dtype}{shape} observations, which are not stacked frames"
+        frames = a["frames"]
+        if frames.ndim != 3 or frames.shape[1:] != shape[1:] or frames.dtype != dtype:
+            return "wrong_obs_spec", f"frames {frames.dtype}{frames.shape[1:]} vs {dtype}{shape[1:]}"
+        if frames.shape[0] > 2 * shape[0] * count:
+            return "bad_frames", f"{frames.shape[0]} frames for {count} transitions"
+        for name in ("obs_frames", "next_obs_frames"):
+            index = a[name]
+            if index.shape != (count, shape[0]):
+                return "bad_frames", f"{name} shape {index.shape}, expected {(count, shape[0])}"
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= frames.shape[0]):
+                return "bad_frames", f"{name} points outside the message's {frames.shape[0]} frames"
+        return None
+
+    def _storage_batch(self, msg: Message) -> dict[str, np.ndarray]:
+        """The columns the buffer stores, converting between full stacks and distinct frames as needed."""
+        a = msg.arrays
+        batch = {name: a[name] for name in ("action", "reward", "discount")}
+        if isinstance(self.buffer, FrameReplayBuffer):
+            if msg.kind == "transitions":  # a producer that sends full stacks: deduplicate them here
+                batch["frames"], batch["obs_frames"], batch["next_obs_frames"] = dedup_stacks(a["obs"], a["next_obs"])
+            else:
+                batch.update(frames=a["frames"], obs_frames=a["obs_frames"], next_obs_frames=a["next_obs_frames"])
+        elif msg.kind == "transitions":
+            batch.update(obs=a["obs"], next_obs=a["next_obs"])
+        else:
+            batch.update(obs=a["frames"][a["obs_frames"]], next_obs=a["frames"][a["next_obs_frames"]])
+        return batch
+
+    def _store(self, msg: Message, count: int, record: StreamRecord) -> None:
+        a = msg.arrays
+        try:
+            self.buffer.add(self._storage_batch(msg), a["priority"])
+        except ValueError as err:  # the decoder and the checks above should leave nothing for here
+            self._reject("bad_batch", err, record=record, count=count)
+            return
         self.stored_by_actor[msg.meta["actor_index"]] += count
+        record.stored += count
+
+    def _end_stream(self, meta: dict) -> None:
+        record = self.ledger.ended(meta)
+        log.info("stream closed: %s", self.ledger.describe(record))
 
     def _can_insert(self, count: int) -> bool:
         if self.limiter is None:
@@ -178,11 +266,10 @@ class ReplayServer:
         """Read and store up to `budget` messages, stopping as soon as the limiter says wait."""
         for _ in range(budget):
             if self._held is not None:
-                msg, count = self._held
-                if not self._can_insert(count):
+                if not self._can_insert(self._held[1]):
                     return
-                self._held = None
-                self._store(msg, count)
+                held, self._held = self._held, None
+                self._store(*held)
             try:
                 frames = self.ingest.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -257,8 +344,22 @@ class ReplayServer:
         else:
             self._reply(identity, "replay_stats", self.stats())
 
-    def _reject(self, reason: str, detail: object) -> None:
+    def _reject(
+        self, reason: str, detail: object, meta: dict | None = None, *, record: StreamRecord | None = None, count=0
+    ) -> None:
+        """Count a refused message by reason, and its transitions in its stream's ledger when it names one.
+
+        `meta` comes from a message whose header was valid but whose arrays were not: its own `count`
+        (bounded by the largest insert) says how many transitions the stream loses to the rejection.
+        """
         self.rejected[reason] += 1
+        claimed = meta.get("count") if meta is not None else None
+        attributable = isinstance(claimed, int) and 0 <= claimed <= self.max_insert and meta.get("sent_before", 0) >= 0
+        if record is None and attributable:
+            record, in_order = self.ledger.arrived(meta, claimed)
+            record, count = (record, claimed) if in_order else (None, 0)
+        if record is not None:
+            record.rejected[reason] += count
         total = sum(self.rejected.values())
         if total <= 20 or total % 1000 == 0:
             log.warning("rejected a message (%s): %s [%d rejected so far]", reason, detail, total)
@@ -284,6 +385,11 @@ class ReplayServer:
                 f"was taken with, or start without --restore): {err}"
             ) from None
         self.stored_by_actor = Counter({int(actor): int(n) for actor, n in counts})
+        if LEDGER_KEY in state:
+            try:
+                self.ledger = Ledger.from_array(state[LEDGER_KEY])
+            except (ValueError, KeyError, TypeError) as err:
+                raise StartupError(f"replay snapshot {path}: unreadable accounting ledger: {err}") from None
         log.info(
             "restored %d transitions from %s (%d inserted, %d sampled so far)",
             self.buffer.size,
@@ -297,6 +403,7 @@ class ReplayServer:
         state: dict = self.buffer.state_dict()
         rows = sorted(self.stored_by_actor.items())
         state[ACTOR_COUNTS_KEY] = np.array(rows, dtype=np.int64).reshape(-1, 2)
+        state[LEDGER_KEY] = self.ledger.to_array()
         return state
 
     def _start_snapshot(self, reason: str, *, background: bool = True) -> _SnapshotJob:
@@ -377,6 +484,7 @@ class ReplayServer:
         rejected = dict(self.rejected)
         if self.security is not None and self.security.denied:
             rejected["unauthenticated"] = self.security.denied  # counted by the ZAP and monitor threads
+        totals = self.ledger.totals()
         return {
             "size": self.buffer.size,
             "capacity": self.buffer.capacity,
@@ -387,6 +495,8 @@ class ReplayServer:
             "sample_rate": (sampled - s0) / span if span > 0.5 else 0.0,
             "samples_per_insert": sampled / inserted if inserted else 0.0,
             "waiting": waiting,
+            "dropped": totals.get("dropped", 0),
+            "lost": totals.get("lost", 0),
         }
 
     # ---- loop ---------------------------------------------------------------------------------
@@ -432,7 +542,42 @@ class ReplayServer:
                     sum(s["rejected"].values()),
                     f" waiting for {s['waiting']}" if s["waiting"] else "",
                 )
+                if s["lost"]:
+                    log.warning("%d transitions lost in transit so far (see %s)", s["lost"], ACCOUNTING_FILE)
+                self._write_accounting()
+        self._drain_at_stop()
         self._exit_snapshot()
+
+    def _drain_at_stop(self) -> None:
+        """Close the books: what is held or still queued is dropped (counted), and late stream_ends land.
+
+        Actors stopping at the same time send their stream_end last; reading until the socket is quiet
+        (bounded) lets those arrive, so their streams close with exact totals.
+        """
+        if self._held is not None:
+            _msg, count, record = self._held
+            record.dropped += count
+            self._held = None
+        deadline = time.monotonic() + DRAIN_MAX_S
+        while time.monotonic() < deadline:
+            if not self.ingest.poll(int(DRAIN_QUIET_S * 1000), zmq.POLLIN):
+                break
+            decoded = self._decode_insert(self.ingest.recv_multipart(copy=False))
+            if decoded is not None:
+                _msg, count, record = decoded
+                record.dropped += count
+        for line in self.ledger.summary_lines():
+            log.info("accounting: %s", line)
+
+    def _write_accounting(self) -> None:
+        """RUN_DIR/replay/accounting.json: the per-stream ledger, replaced atomically."""
+        if self.snapshot_dir is None:
+            return
+        data = json.dumps({"rejected_messages": dict(self.rejected), **self.ledger.to_json()}, indent=1)
+        try:
+            write_rotating(self.snapshot_dir, ACCOUNTING_FILE, "accounting.prev.json", lambda f: f.write(data.encode()))
+        except OSError as err:
+            log.warning("could not write %s: %s", ACCOUNTING_FILE, err)
 
     def close(self) -> None:
         for sock in (self.ingest, self.requests):
@@ -443,6 +588,7 @@ class ReplayServer:
             self.security.close()
         if self._owns_ctx:
             self.ctx.term()
+        self._write_accounting()
         log.info(
             "closed: stored %d transitions (%s), rejected %s",
             self.buffer.inserted_total,

@@ -52,7 +52,8 @@ def _obs(batch: int) -> np.ndarray:
 
 def _transitions(batch: int = 5) -> tuple[Meta, Arrays]:
     gamma3 = np.float32(0.99**3)
-    return {"actor_index": 3}, {
+    meta = {"actor_index": 3, "stream": "9f3c01aa", "sent_before": 640, "count": batch}
+    return meta, {
         "obs": _obs(batch),
         "action": _rng.integers(0, 2, size=batch).astype(np.int64),
         "reward": _rng.normal(size=batch).astype(np.float32),
@@ -78,11 +79,27 @@ EXAMPLES: dict[str, Callable[[], tuple[Meta, Arrays]]] = {
         },
     ),
     "transitions": _transitions,
+    "frame_transitions": lambda: (
+        {"actor_index": 2, "stream": "77aa01c3", "sent_before": 0, "count": 3},
+        {
+            "frames": _rng.integers(0, 256, size=(7, 6, 6), dtype=np.uint8),
+            "obs_frames": np.array([[0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4]], dtype=np.int32),
+            "next_obs_frames": np.array([[2, 3, 4, 5], [3, 4, 5, 6], [4, 5, 6, 6]], dtype=np.int32),
+            "action": np.array([0, 3, 1], dtype=np.int64),
+            "reward": np.array([0.0, 1.0, -1.0], dtype=np.float32),
+            "discount": np.array([0.97, 0.97, 0.0], dtype=np.float32),
+            "priority": np.array([0.5, 1.5, 0.25], dtype=np.float32),
+            "version": np.full(3, 4, dtype=np.int64),
+        },
+    ),
+    "stream_end": lambda: ({"actor_index": 3, "stream": "9f3c01aa", "sent": 47_900, "dropped": 64}, {}),
     "actor_stats": lambda: (
         {
             "actor_index": 1,
             "env_steps": 48_000,
             "transitions_sent": 47_900,
+            "transitions_dropped": 0,
+            "stream": "9f3c01aa",
             "weight_version": 17,
             "epsilon": 0.4**1.5,
             "steps_per_s": 1234.5,
@@ -344,7 +361,7 @@ def test_header_with_non_string_map_keys() -> None:
     assert reason_of([msgpack.packb({1: 1, "k": "stop"})]) == "bad_header"
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 2**40, "1", None, True, 1.0, [1]])
+@pytest.mark.parametrize("version", [0, 1, 3, -1, 2**40, "2", None, True, 2.0, [2]])
 def test_wrong_version(version: Any) -> None:
     assert reason_of(with_header(valid("stop"), v=version)) == "wrong_version"
 

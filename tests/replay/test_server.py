@@ -14,7 +14,7 @@ import zmq
 from common.config import load_config
 from common.envs import EnvSpec
 from common.sockets import free_port_base
-from common.wire import Encoder, decode, encode
+from common.wire import PROTOCOL_VERSION, Encoder, decode, encode
 from replay.server import ReplayServer
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
@@ -109,7 +109,7 @@ def test_bad_messages_are_counted_and_the_server_keeps_serving(server: ReplaySer
     # A request with another protocol version gets a clear error reply, not silence.
     frames = learner("stats_request")
     header = msgpack.unpackb(frames[0])
-    header["v"] = 2
+    header["v"] = PROTOCOL_VERSION + 1
     dealer.send_multipart([msgpack.packb(header)])
     assert dealer.poll(5000)
     reply = decode(dealer.recv_multipart(), expect=("error",))
