@@ -27,7 +27,7 @@ from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
 from common.frame_dedup import dedup_stacks
-from common.networks import QNetwork, load_numpy_weights
+from common.networks import QNetwork, load_numpy_weights, q_function
 from common.process import derive_seed
 from common.security import secure_client
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
+WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
 
 
@@ -71,6 +72,7 @@ class Actor:
         torch.set_num_threads(1)
         torch.manual_seed(derive_seed(config.seed, 1, actor_index))
         self.net = QNetwork(self.spec.obs_shape, self.spec.num_actions, config.network).eval()
+        self.q = q_function(self.net)  # numpy for MLPs: a few rows per call, where torch's overhead dominates
         self.rng = np.random.default_rng(derive_seed(config.seed, 2, actor_index))
         self.env = make_vector_env(config.env, config.env.num_envs)
         self.nstep = NStepBuilder(
@@ -104,13 +106,11 @@ class Actor:
     def priorities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """|TD error| of each transition under this actor's network (Double-DQN form, online net only)."""
         count = arrays["action"].shape[0]
-        with torch.no_grad():
-            both = self.net(torch.from_numpy(np.concatenate([arrays["obs"], arrays["next_obs"]])))
-            q, next_q = both[:count], both[count:]
-            chosen = q.gather(1, torch.from_numpy(arrays["action"]).unsqueeze(1)).squeeze(1)
-            bootstrap = next_q.max(dim=1).values
-            target = torch.from_numpy(arrays["reward"]) + torch.from_numpy(arrays["discount"]) * bootstrap
-        return (target - chosen).abs().numpy().astype(np.float32)
+        both = self.q(np.concatenate([arrays["obs"], arrays["next_obs"]]))
+        q, next_q = both[:count], both[count:]
+        chosen = q[np.arange(count), arrays["action"]]
+        target = arrays["reward"] + arrays["discount"] * next_q.max(axis=1)
+        return np.abs(target - chosen).astype(np.float32)
 
     def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
         """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
@@ -182,11 +182,13 @@ class Actor:
         next_report = time.monotonic() + ac.stats_interval_s
         last_steps, last_time = 0, time.monotonic()
         log.info("actor %d acting with epsilon %.4g on %d x %s", self.index, self.epsilon, num_envs, self.config.env.id)
+        next_weights_check = 0.0
         while not stop.is_set() and self.link.stop_reason is None:
-            self._take_weights()
-            with torch.no_grad():
-                q = self.net(torch.from_numpy(obs)).numpy()
-            actions = epsilon_greedy(q, self.epsilon, self.rng)
+            now = time.monotonic()
+            if now >= next_weights_check:  # not every step: each check is a few socket calls
+                self._take_weights()
+                next_weights_check = now + WEIGHTS_POLL_S
+            actions = epsilon_greedy(self.q(obs), self.epsilon, self.rng)
             next_obs, rewards, terminated, truncated, info = self.env.step(actions)
             done = terminated | truncated
             transitions = self.nstep.add(

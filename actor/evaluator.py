@@ -18,7 +18,7 @@ from actor.exploration import epsilon_greedy
 from actor.link import LearnerLink
 from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
-from common.networks import QNetwork, load_numpy_weights
+from common.networks import QNetwork, load_numpy_weights, q_function
 from common.process import derive_seed
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class Evaluator:
         spec = env_spec(config.env)
         torch.set_num_threads(1)
         self.net = QNetwork(spec.obs_shape, spec.num_actions, config.network).eval()
+        self.q = q_function(self.net)
         self.rng = np.random.default_rng(derive_seed(config.seed, 4))
         self.evaluations = 0
 
@@ -44,9 +45,7 @@ class Evaluator:
             lengths = np.zeros(episodes, dtype=np.int64)
             running = np.ones(episodes, dtype=bool)
             while running.any() and not stop.is_set():
-                with torch.no_grad():
-                    q = self.net(torch.from_numpy(obs)).numpy()
-                actions = epsilon_greedy(q, self.config.eval.epsilon, self.rng)
+                actions = epsilon_greedy(self.q(obs), self.config.eval.epsilon, self.rng)
                 obs, rewards, terminated, truncated, _ = env.step(actions)
                 returns += rewards * running
                 lengths += running

@@ -54,11 +54,16 @@ def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.ra
     if q.ndim != 2 or q.shape[1] < 1:
         raise ValueError(f"q_values must have shape (B, A) with A >= 1, got {q.shape}")
     batch, num_actions = q.shape
-    eps = np.asarray(epsilon, dtype=np.float64)
-    if eps.ndim not in (0, 1) or (eps.ndim == 1 and eps.shape[0] != batch):
-        raise ValueError(f"epsilon must be a scalar or shape ({batch},), got {eps.shape}")
-    if np.any(~((eps >= 0.0) & (eps <= 1.0))):
-        raise ValueError("epsilon values must lie in [0, 1]")
+    if isinstance(epsilon, (float, int)):  # the actors' case, checked without numpy (it runs every step)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon values must lie in [0, 1]")
+        eps = epsilon
+    else:
+        eps = np.asarray(epsilon, dtype=np.float64)
+        if eps.ndim not in (0, 1) or (eps.ndim == 1 and eps.shape[0] != batch):
+            raise ValueError(f"epsilon must be a scalar or shape ({batch},), got {eps.shape}")
+        if np.any(~((eps >= 0.0) & (eps <= 1.0))):
+            raise ValueError("epsilon values must lie in [0, 1]")
     explore = rng.random(batch) < eps
     random_actions = rng.integers(0, num_actions, size=batch, dtype=np.int64)
     greedy = np.argmax(q, axis=1).astype(np.int64)

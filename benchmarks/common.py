@@ -323,11 +323,39 @@ def transitions_arrays(shape: Shape, count: int, seed: int) -> dict[str, np.ndar
     }
 
 
+def frame_stream_arrays(shape: Shape, count: int, seed: int, envs: int = 4, n_step: int = 3) -> dict[str, np.ndarray]:
+    """`count` transitions of stacked frames as an actor with `envs` environments sends them: the stacks
+    of each env overlap (one new frame a step) and `next_obs` is the stack `n_step` steps later, so
+    frame deduplication saves what it saves in a real run (no episode ends: slightly optimistic)."""
+    rng = np.random.default_rng(seed)
+    stack, frame_shape = shape.obs_shape[0], shape.obs_shape[1:]
+    per_env = -(-count // envs)
+    obs, next_obs = [], []
+    for _ in range(envs):
+        frames = rng.integers(0, 256, (per_env + stack + n_step, *frame_shape), dtype=np.uint8)
+        stacks = np.stack([frames[t : t + stack] for t in range(per_env + n_step)])
+        obs.append(stacks[:per_env])
+        next_obs.append(stacks[n_step : n_step + per_env])
+    arrays = transitions_arrays(Shape(shape.name, (1,), "float32", shape.num_actions), count, seed)
+    arrays["obs"], arrays["next_obs"] = np.concatenate(obs)[:count], np.concatenate(next_obs)[:count]
+    return arrays
+
+
 def transitions_frames(shape: Shape, count: int, actor_index: int, seed: int) -> list[Any]:
+    """One ingest message as the reference actor sends it: `frame_transitions` for stacked frames."""
+    from common.frame_dedup import dedup_stacks
     from common.wire import encode
 
-    arrays = transitions_arrays(shape, count, seed)
-    return encode("transitions", {"actor_index": actor_index}, arrays, sender=f"bench-pusher-{actor_index}", seq=1)
+    kind = "transitions"
+    if len(shape.obs_shape) == 3:
+        kind = "frame_transitions"
+        arrays = frame_stream_arrays(shape, count, seed)
+        arrays["frames"], arrays["obs_frames"], arrays["next_obs_frames"] = dedup_stacks(
+            arrays.pop("obs"), arrays.pop("next_obs")
+        )
+    else:
+        arrays = transitions_arrays(shape, count, seed)
+    return encode(kind, {"actor_index": actor_index}, arrays, sender=f"bench-pusher-{actor_index}", seq=1)
 
 
 def frames_bytes(frames: Sequence[Any]) -> int:

@@ -76,6 +76,52 @@ class QNetwork(nn.Module):
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
+class NumpyForward:
+    """Q(s, .) of an MLP QNetwork computed with numpy, for actors choosing actions a few rows at a time.
+
+    At 4 to 16 rows per call torch's fixed cost per operator is most of the forward pass (about 0.35 ms
+    for 16 CartPole envs, against about 0.05 ms here). The arrays are views of the network's own
+    parameters, so weights loaded into the network in place (load_numpy_weights) are seen at once.
+    """
+
+    def __init__(self, net: QNetwork) -> None:
+        if not isinstance(net.torso, MLPTorso):
+            raise ValueError("NumpyForward covers the MLP torso only")
+        linears = [m for m in net.torso.layers if isinstance(m, nn.Linear)]
+        self.torso = [_views(m) for m in linears]
+        self.dueling = net.dueling
+        self.heads = [_views(net.value), _views(net.advantage)] if net.dueling else [_views(net.q)]
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        for weight, bias in self.torso:
+            x = x @ weight.T
+            x += bias
+            np.maximum(x, 0.0, out=x)
+        if not self.dueling:
+            ((weight, bias),) = self.heads
+            return x @ weight.T + bias
+        (vw, vb), (aw, ab) = self.heads
+        advantage = x @ aw.T + ab
+        return (x @ vw.T + vb) + advantage - advantage.mean(axis=1, keepdims=True)
+
+
+def _views(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return linear.weight.detach().numpy(), linear.bias.detach().numpy()
+
+
+def q_function(net: QNetwork):
+    """A callable from observations (numpy) to Q-values (numpy): numpy for MLPs, torch otherwise."""
+    if isinstance(net.torso, MLPTorso):
+        return NumpyForward(net)
+
+    def forward(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.asarray(obs))).numpy()
+
+    return forward
+
+
 def weights_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     """A snapshot of parameters and buffers as CPU numpy arrays, ready to be framed on the wire.
 

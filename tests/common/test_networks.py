@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.config import NetworkConfig
-from common.networks import QNetwork, load_numpy_weights, weights_to_numpy
+from common.networks import NumpyForward, QNetwork, load_numpy_weights, q_function, weights_to_numpy
 from common.wire import decode, encode
 
 
@@ -55,3 +55,20 @@ def test_mismatched_weights_are_refused() -> None:
     small = weights_to_numpy(QNetwork((4,), 2, NetworkConfig(hidden=(8,))))
     with pytest.raises(ValueError, match="do not fit"):
         load_numpy_weights(QNetwork((4,), 2, NetworkConfig(hidden=(16,))), small)
+
+
+@pytest.mark.parametrize("dueling", [True, False])
+def test_numpy_forward_matches_torch_and_follows_loaded_weights(dueling: bool) -> None:
+    config = NetworkConfig(torso="mlp", hidden=(32, 16), dueling=dueling)
+    net = QNetwork((4,), 3, config).eval()
+    forward = q_function(net)
+    assert isinstance(forward, NumpyForward)
+    obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(forward(obs), expected, rtol=1e-5, atol=1e-6)
+    # New weights loaded into the network (as actors do) change the numpy forward too.
+    other = QNetwork((4,), 3, config)
+    load_numpy_weights(net, weights_to_numpy(other))
+    with torch.no_grad():
+        np.testing.assert_allclose(forward(obs), other(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-6)
