@@ -100,8 +100,9 @@ class ReplayConfig:
     """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off"""
     frame_dedup: bool = True
     """store stacked-frame observations (K, H, W) as distinct frames, rebuilt into stacks when sampled"""
-    frames_per_transition: float = 2.0
-    """frame_dedup's frame budget per transition slot (about 1.1-1.5 are used; fewer fit if more are)"""
+    frames_per_transition: float = 1.0
+    """frame_dedup's frame ring size per transition slot (Pong and Breakout use 0.8-1.0; if a game
+    needs more, fewer transitions fit)"""
 
     def __post_init__(self) -> None:
         _check(self.capacity >= 1, "replay.capacity", "must be >= 1")

@@ -46,6 +46,14 @@ def _mismatches(words: np.ndarray, reps: np.ndarray, label: np.ndarray) -> np.nd
     return np.flatnonzero(bad)
 
 
+def frame_hashes(frames: np.ndarray) -> np.ndarray:
+    """A 64-bit content hash per frame of (F, *frame_shape): equal frames hash equal; a match still
+    needs a byte comparison to be trusted (replay's frame reuse across messages does one)."""
+    frames = np.ascontiguousarray(frames)
+    rows = frames.reshape(frames.shape[0], -1).view(np.uint8)
+    return _hash(_words(rows))
+
+
 def dedup_stacks(obs: np.ndarray, next_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split two batches of frame stacks into distinct frames and per-stack frame indices.
 

@@ -4,10 +4,15 @@ Full stacks cost 2K frames per transition while actors produce about one new fra
 message brings its distinct frames once plus (B, K) indices into them (`common/frame_dedup.py`); the frames
 go into a frame ring and each transition keeps the ring slots of its two stacks.
 
-Eviction is coupled so that no transition outlives its frames. A message's transitions only reference its
-own frames, so before a message's frames overwrite the ring, the (always oldest) transitions of the
-messages being overwritten are dropped through `ReplayBuffer.evict_oldest`, which keeps ids, priorities
-and sampling consistent. At most min(capacity, what `frame_capacity` frames hold) transitions are stored.
+Frames are also shared across messages: a message's first stacks repeat frames its actor sent in its
+previous message (K - 1 + n per env), so each incoming frame is looked up by content hash among the
+last `reuse_window` frames written, and a byte-equal one is referenced instead of stored again. That
+takes storage from about 1 + (K - 1 + n) * envs / B frames a transition to about one.
+
+Eviction is coupled so that no transition outlives its frames. Before new frames overwrite the ring,
+the oldest transitions up to the newest one that references an overwritten frame are dropped through
+`ReplayBuffer.evict_oldest`, which keeps ids, priorities and sampling consistent. At most
+min(capacity, what `frame_capacity` frames hold) transitions are stored.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from common.frame_dedup import frame_hashes
 from replay.buffer import FieldSpec, ReplayBuffer, SampleResult
 
 OBS, NEXT_OBS = "obs", "next_obs"
 FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES = "frames", "obs_frames", "next_obs_frames"
 _STATE_PREFIX = "frames."
+MAX_REUSE_WINDOW = 8192  # frames searched for reuse: the latest message of 100 actors or so
 
 
 class FrameReplayBuffer:
@@ -40,7 +47,7 @@ class FrameReplayBuffer:
         capacity: int,
         fields: Mapping[str, FieldSpec],
         *,
-        frames_per_transition: float = 2.0,
+        frames_per_transition: float = 1.0,
         prioritized: bool = True,
         alpha: float = 0.6,
         priority_eps: float = 1e-6,
@@ -74,9 +81,14 @@ class FrameReplayBuffer:
         self._ring = np.zeros((self._frame_capacity, *self._frame_shape), dtype=self._dtype)
         self._obs_slots = np.zeros((capacity, self._stack), dtype=index_dtype)
         self._next_slots = np.zeros((capacity, self._stack), dtype=index_dtype)
-        # Per transition slot: number (counting all frames ever written) of its message's first frame.
+        # Per transition slot: number (counting all frames ever written) of the oldest frame it references,
+        # and the frame number below which eviction must drop it: its message's start minus the reuse
+        # window. The second never decreases in insert order, so the oldest transitions go first.
         self._first_frame = np.zeros(capacity, dtype=np.int64)
+        self._evict_below = np.zeros(capacity, dtype=np.int64)
         self._written = 0
+        self._reuse_window = min(self._frame_capacity // 4, MAX_REUSE_WINDOW)
+        self._recent: dict[int, int] = {}  # content hash -> frame number, for frames in the reuse window
 
     # ------------------------------------------------------------------ info
     @property
@@ -137,6 +149,11 @@ class FrameReplayBuffer:
         return self._buffer.max_priority
 
     @property
+    def reuse_window(self) -> int:
+        """How many of the latest frames written an incoming frame may be matched against."""
+        return self._reuse_window
+
+    @property
     def frames_written(self) -> int:
         """Frames ever written to the ring."""
         return self._written
@@ -152,7 +169,7 @@ class FrameReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes of the preallocated storage: frame ring, slot tables and the inner buffer."""
-        tables = self._obs_slots.nbytes + self._next_slots.nbytes + self._first_frame.nbytes
+        tables = self._obs_slots.nbytes + self._next_slots.nbytes + self._first_frame.nbytes + self._evict_below.nbytes
         return self._ring.nbytes + tables + self._buffer.nbytes
 
     # ------------------------------------------------------------------- add
@@ -210,38 +227,80 @@ class FrameReplayBuffer:
         # The inner buffer validates the remaining fields and the priorities before it writes anything;
         # from here on nothing can fail.
         slots = self._buffer.add({name: batch[name] for name in others}, priorities)
-        rows, count = obs_frames.shape[0], frames.shape[0]
+        rows = obs_frames.shape[0]
         if rows == 0:
             return slots
         kept = slots.size
         start = self._written
-        self._obs_slots[slots] = (start + obs_frames[rows - kept :]) % self._frame_capacity
-        self._next_slots[slots] = (start + next_frames[rows - kept :]) % self._frame_capacity
-        self._first_frame[slots] = start
-        self._buffer.evict_oldest(self._stale_count(start + count - self._frame_capacity))
+        numbers, new = self._number_frames(frames)
+        fresh = frames[new]
+        obs_numbers, next_numbers = numbers[obs_frames[rows - kept :]], numbers[next_frames[rows - kept :]]
+        self._obs_slots[slots] = obs_numbers % self._frame_capacity
+        self._next_slots[slots] = next_numbers % self._frame_capacity
+        self._first_frame[slots] = np.minimum(obs_numbers.min(axis=1), next_numbers.min(axis=1))
+        self._evict_below[slots] = start - self._reuse_window
+        added = fresh.shape[0]
+        self._buffer.evict_oldest(self._stale_count(start + added - self._frame_capacity))
         pos = start % self._frame_capacity
-        first = min(count, self._frame_capacity - pos)
-        self._ring[pos : pos + first] = frames[:first]
-        self._ring[: count - first] = frames[first:]
-        self._written = start + count
+        first = min(added, self._frame_capacity - pos)
+        self._ring[pos : pos + first] = fresh[:first]
+        self._ring[: added - first] = fresh[first:]
+        self._written = start + added
+        self._remember(frames, new, numbers)
         return slots
 
-    def _stale_count(self, threshold: int) -> int:
-        """How many of the oldest stored transitions have their message start before frame `threshold`.
+    def _number_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each message frame's frame number: an earlier byte-equal frame still in the reuse window, or
+        the next free number. Returns (numbers, mask of the frames to write)."""
+        count = frames.shape[0]
+        numbers = np.full(count, -1, dtype=np.int64)
+        # Reusable: in the window, and not overwritten by this message's own new frames (at most `count`).
+        lowest = max(self._written - self._reuse_window, self._written + count - self._frame_capacity, 0)
+        if self._recent and count:
+            hashes = frame_hashes(frames).tolist()
+            found = [self._recent.get(h, -1) for h in hashes]
+            candidates = np.flatnonzero(np.asarray(found) >= lowest)
+            if candidates.size:
+                numbers_found = np.asarray(found, dtype=np.int64)[candidates]
+                stored = self._ring[numbers_found % self._frame_capacity]
+                same = (stored == frames[candidates]).reshape(candidates.size, -1).all(axis=1)
+                numbers[candidates[same]] = numbers_found[same]
+        new = numbers < 0
+        numbers[new] = self._written + np.arange(int(new.sum()), dtype=np.int64)
+        return numbers, new
 
-        Messages are written in insert order, so message starts never decrease from the oldest stored
-        transition to the newest, and a binary search over the ring finds the cut.
+    def _remember(self, frames: np.ndarray, new: np.ndarray, numbers: np.ndarray) -> None:
+        """Index the frames just written for reuse, and forget those that left the window."""
+        if not new.any():
+            return
+        for h, number in zip(frame_hashes(frames[new]).tolist(), numbers[new].tolist(), strict=True):
+            self._recent[h] = number
+        if len(self._recent) > 2 * self._reuse_window:
+            lowest = self._written - self._reuse_window
+            self._recent = {h: n for h, n in self._recent.items() if n >= lowest}
+
+    def _stale_count(self, threshold: int) -> int:
+        """How many of the oldest stored transitions to evict so that none references a frame below
+        `threshold`: up to and including the newest one that does.
+
+        `_evict_below` (message start minus the reuse window) never decreases from the oldest stored
+        transition to the newest and never exceeds a transition's oldest frame, so a binary search
+        bounds the candidates (about a reuse window's worth), and their actual oldest frames decide.
+        Transitions between two that must go go too, so eviction stays oldest-first; they are few.
         """
         cap, size = self._buffer.capacity, self._buffer.size
         oldest = (self._buffer.cursor - size) % cap
         lo, hi = 0, size
         while lo < hi:
             mid = (lo + hi) // 2
-            if self._first_frame[(oldest + mid) % cap] < threshold:
+            if self._evict_below[(oldest + mid) % cap] < threshold:
                 lo = mid + 1
             else:
                 hi = mid
-        return lo
+        if lo == 0:
+            return 0
+        stale = np.flatnonzero(self._first_frame[(oldest + np.arange(lo)) % cap] < threshold)
+        return int(stale[-1]) + 1 if stale.size else 0
 
     # ---------------------------------------------------------------- sample
     def stacks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,6 +341,7 @@ class FrameReplayBuffer:
                 _STATE_PREFIX + "obs_slots": self._obs_slots.copy(),
                 _STATE_PREFIX + "next_obs_slots": self._next_slots.copy(),
                 _STATE_PREFIX + "first_frame": self._first_frame.copy(),
+                _STATE_PREFIX + "evict_below": self._evict_below.copy(),
             }
         )
         return state
@@ -318,6 +378,7 @@ class FrameReplayBuffer:
         obs_slots = array("obs_slots", self._obs_slots)
         next_slots = array("next_obs_slots", self._next_slots)
         first_frame = array("first_frame", self._first_frame)
+        evict_below = array("evict_below", self._evict_below)
         if "ids" not in state or np.shape(state["ids"]) != (self.capacity,):
             raise ValueError("state_dict has no usable 'ids'")
         stored = np.asarray(state["ids"]) >= 0
@@ -333,4 +394,6 @@ class FrameReplayBuffer:
         self._obs_slots[...] = obs_slots
         self._next_slots[...] = next_slots
         self._first_frame[...] = first_frame
+        self._evict_below[...] = evict_below
         self._written = written
+        self._recent = {}  # reuse starts again with the next messages
