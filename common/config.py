@@ -142,6 +142,10 @@ class LearnerConfig:
     """sample requests kept in flight to the replay server"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
+    bf16: bool = False
+    """CUDA only: forward passes under bfloat16 autocast (the loss and optimizer stay float32)"""
+    compile: bool = False
+    """CUDA only: torch.compile the networks' forward passes (the first updates pay the compilation)"""
     torch_threads: int = 1
     """CPU threads for the learner's torch ops (actors always use one)"""
     checkpoint_interval_s: float = 120.0

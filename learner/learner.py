@@ -66,6 +66,7 @@ class Learner:
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         # fused Adam: one kernel for all parameters, several times faster than the per-tensor loop on small nets.
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=lc.adam_eps, fused=True)
+        self.bf16, self.online_forward, self.target_forward = self._accelerate(lc)
         self.updates = 0
         self.version = 0
         self.env_steps_offset = 0  # env steps counted before a resume
@@ -80,6 +81,20 @@ class Learner:
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.toml")
+
+    def _accelerate(self, lc) -> tuple[bool, torch.nn.Module, torch.nn.Module]:
+        """bf16 autocast and torch.compile, on CUDA only: on a CPU they cost more than they save.
+
+        The compiled wrappers share parameters with the plain modules, which stay what checkpoints,
+        target copies and weight publications use (a compiled module's state_dict renames its keys).
+        """
+        cuda = self.device.type == "cuda"
+        for name in ("bf16", "compile"):
+            if getattr(lc, name) and not cuda:
+                log.warning("learner.%s is for CUDA devices; off on %s", name, self.device)
+        if not (cuda and lc.compile):
+            return cuda and lc.bf16, self.online, self.target
+        return lc.bf16, torch.compile(self.online), torch.compile(self.target)
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -139,10 +154,12 @@ class Learner:
         discount = batch.discount.to(dev, non_blocking=nb)
         weight = batch.weight.to(dev, non_blocking=nb)
         lc = self.config.learner
-        q_values = self.online(obs)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            q_values = self.online_forward(obs).float()
+            with torch.no_grad():
+                next_target = self.target_forward(next_obs).float()
+                next_online = self.online_forward(next_obs).float() if lc.double else next_target
         with torch.no_grad():
-            next_target = self.target(next_obs)
-            next_online = self.online(next_obs) if lc.double else next_target
             targets = nstep_targets(reward, discount, next_online, next_target, double=lc.double)
         loss, td_abs = td_loss(q_values, action, targets, weight)
         self.optimizer.zero_grad(set_to_none=True)

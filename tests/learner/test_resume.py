@@ -38,7 +38,7 @@ def _batches(count: int, size: int = 32) -> list[Batch]:
     return out
 
 
-def _learner(run_dir: Path) -> Learner:
+def _learner(run_dir: Path, *overrides: str) -> Learner:
     config = load_config(
         "cartpole",
         [
@@ -49,6 +49,7 @@ def _learner(run_dir: Path) -> Learner:
             "learner.publish_period=5",
             "learner.lr_final=0.0001",
             "stop.max_updates=100",
+            *overrides,
         ],
     )
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
@@ -118,3 +119,22 @@ def test_resume_detects_a_diverged_run(tmp_path: Path) -> None:
         _assert_same(straight, other)
     _close(straight)
     _close(other)
+
+
+def test_cuda_only_options_are_off_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """bf16 autocast and torch.compile only pay on a GPU: on a CPU they are off, said once, and the
+    updates are exactly those of a learner that never asked for them."""
+    batches = _batches(10)
+    asked = _learner(tmp_path / "asked", "learner.bf16=true", "learner.compile=true")
+    plain = _learner(tmp_path / "plain")
+    try:
+        assert not asked.bf16 and asked.online_forward is asked.online and asked.target_forward is asked.target
+        assert "learner.bf16 is for CUDA devices; off on cpu" in caplog.text
+        assert "learner.compile is for CUDA devices; off on cpu" in caplog.text
+        for batch in batches:
+            asked.train_step(batch)
+            plain.train_step(batch)
+        _assert_same(asked, plain)
+    finally:
+        _close(asked)
+        _close(plain)
