@@ -323,39 +323,53 @@ def transitions_arrays(shape: Shape, count: int, seed: int) -> dict[str, np.ndar
     }
 
 
-def frame_stream_arrays(shape: Shape, count: int, seed: int, envs: int = 4, n_step: int = 3) -> dict[str, np.ndarray]:
-    """`count` transitions of stacked frames as an actor with `envs` environments sends them: the stacks
-    of each env overlap (one new frame a step) and `next_obs` is the stack `n_step` steps later, so
-    frame deduplication saves what it saves in a real run (no episode ends: slightly optimistic)."""
+STREAM_MESSAGES = 32  # distinct messages a pusher cycles through: more frames than replay's reuse window
+
+
+def frame_stream_arrays(
+    shape: Shape, count: int, seed: int, messages: int = 1, envs: int = 4, n_step: int = 3
+) -> list[dict[str, np.ndarray]]:
+    """`messages` consecutive messages of `count` stacked-frame transitions each, as an actor with
+    `envs` environments sends them: the stacks of each env overlap (one new frame a step), `next_obs`
+    is the stack `n_step` steps later, and each message continues where the previous one stopped, so
+    frame deduplication, in the message and across messages in replay, saves what it saves in a real
+    run (no episode ends: slightly optimistic)."""
     rng = np.random.default_rng(seed)
     stack, frame_shape = shape.obs_shape[0], shape.obs_shape[1:]
     per_env = -(-count // envs)
-    obs, next_obs = [], []
+    steps = messages * per_env
+    stacks = []
     for _ in range(envs):
-        frames = rng.integers(0, 256, (per_env + stack + n_step, *frame_shape), dtype=np.uint8)
-        stacks = np.stack([frames[t : t + stack] for t in range(per_env + n_step)])
-        obs.append(stacks[:per_env])
-        next_obs.append(stacks[n_step : n_step + per_env])
-    arrays = transitions_arrays(Shape(shape.name, (1,), "float32", shape.num_actions), count, seed)
-    arrays["obs"], arrays["next_obs"] = np.concatenate(obs)[:count], np.concatenate(next_obs)[:count]
-    return arrays
+        frames = rng.integers(0, 256, (steps + stack + n_step, *frame_shape), dtype=np.uint8)
+        stacks.append(np.stack([frames[t : t + stack] for t in range(steps + n_step)]))
+    out = []
+    for m in range(messages):
+        window = slice(m * per_env, (m + 1) * per_env)
+        later = slice(m * per_env + n_step, (m + 1) * per_env + n_step)
+        arrays = transitions_arrays(Shape(shape.name, (1,), "float32", shape.num_actions), count, seed + m)
+        arrays["obs"] = np.concatenate([s[window] for s in stacks])[:count]
+        arrays["next_obs"] = np.concatenate([s[later] for s in stacks])[:count]
+        out.append(arrays)
+    return out
 
 
-def transitions_frames(shape: Shape, count: int, actor_index: int, seed: int) -> list[Any]:
-    """One ingest message as the reference actor sends it: `frame_transitions` for stacked frames."""
+def transitions_frames(shape: Shape, count: int, actor_index: int, seed: int, messages: int = 1) -> list[list[Any]]:
+    """Ingest messages as the reference actor sends them (`frame_transitions` for stacked frames):
+    one for vector observations, `messages` consecutive ones of a stream for stacked frames."""
     from common.frame_dedup import dedup_stacks
     from common.wire import encode
 
-    kind = "transitions"
-    if len(shape.obs_shape) == 3:
-        kind = "frame_transitions"
-        arrays = frame_stream_arrays(shape, count, seed)
+    sender = f"bench-pusher-{actor_index}"
+    if len(shape.obs_shape) != 3:
+        arrays = transitions_arrays(shape, count, seed)
+        return [encode("transitions", {"actor_index": actor_index}, arrays, sender=sender, seq=1)]
+    out = []
+    for arrays in frame_stream_arrays(shape, count, seed, messages):
         arrays["frames"], arrays["obs_frames"], arrays["next_obs_frames"] = dedup_stacks(
             arrays.pop("obs"), arrays.pop("next_obs")
         )
-    else:
-        arrays = transitions_arrays(shape, count, seed)
-    return encode(kind, {"actor_index": actor_index}, arrays, sender=f"bench-pusher-{actor_index}", seq=1)
+        out.append(encode("frame_transitions", {"actor_index": actor_index}, arrays, sender=sender, seq=1))
+    return out
 
 
 def frames_bytes(frames: Sequence[Any]) -> int:
@@ -373,17 +387,19 @@ def pusher_main(
     stop: Event,
     limit: int,
 ) -> None:
-    """Re-send one prebuilt `transitions` message over a PUSH socket made like an actor's.
+    """Re-send prebuilt ingest messages (one, or a stream of STREAM_MESSAGES for stacked frames, in a
+    cycle) over a PUSH socket made like an actor's.
 
     `rate[0]` is this pusher's target in transitions/s (0: as fast as the receiver takes them) and may
     change while running; `sent[index]` counts transitions handed to ZeroMQ; `limit` > 0 stops after
-    that many. Building the message once keeps the pusher's own cost out of the measurement.
+    that many. Building the messages once keeps the pusher's own cost out of the measurement.
     """
     from common.sockets import BULK_KERNEL_BUFFER, connect, make_socket
 
-    frames = transitions_frames(shape, send_size, index, seed=1000 + index)
+    stream = transitions_frames(shape, send_size, index, seed=1000 + index, messages=STREAM_MESSAGES)
+    position = 0
     ctx = zmq.Context()
-    push = make_socket(ctx, zmq.PUSH, hwm=send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
+    push = make_socket(ctx, zmq.PUSH, hwm=send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER, heartbeats=False)
     connect(push, "127.0.0.1", port)
     next_send: float | None = None
     try:
@@ -400,7 +416,8 @@ def pusher_main(
             else:
                 next_send = None
             if push.poll(100, zmq.POLLOUT):
-                push.send_multipart(frames, copy=False)
+                push.send_multipart(stream[position % len(stream)], copy=False)
+                position += 1
                 sent[index] += send_size
     finally:
         # A bounded fill must arrive whole; an endless stream's queued tail is worth nothing.

@@ -2,7 +2,7 @@
 
 Why this shape: in Ape-X the replay server is the one process every transition passes through twice
 (in from the actors, out to the learner), so its ingest rate and the batches it serves while ingesting
-bound the whole system. Pushers re-send one prebuilt `transitions` message (their own cost stays out
+bound the whole system. Pushers cycle through prebuilt messages (their own cost stays out
 of the number); a learner process uses the real `ReplayClient` at batch 512 and sends priorities back.
 The physical reference, raw PUSH/PULL with the same message size, is measured in the same run, so the
 result is a ratio that means something on any machine.
@@ -68,7 +68,7 @@ def sink_main(
 
 def raw_pusher_main(index: int, port: int, shape: bench.Shape, send_size: int, sent: Any, stop: bench.Event) -> None:
     """A pusher with ZeroMQ's default socket options, for the default-options reference."""
-    frames = bench.transitions_frames(shape, send_size, index, seed=1000 + index)
+    stream = bench.transitions_frames(shape, send_size, index, seed=1000 + index, messages=bench.STREAM_MESSAGES)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
@@ -76,7 +76,7 @@ def raw_pusher_main(index: int, port: int, shape: bench.Shape, send_size: int, s
     try:
         while not stop.is_set():
             if push.poll(100, zmq.POLLOUT):
-                push.send_multipart(frames, copy=False)
+                push.send_multipart(stream[sent[index] // send_size % len(stream)], copy=False)
                 sent[index] += send_size
     finally:
         push.close(linger=0)
@@ -199,7 +199,7 @@ def main() -> int:
     base = bench.free_port_base()
     config = bench.run_config(base, overrides)
     send_hwm = config.net.send_hwm
-    msg_bytes = bench.frames_bytes(bench.transitions_frames(shape, args.send_size, 0, 0))
+    msg_bytes = bench.frames_bytes(bench.transitions_frames(shape, args.send_size, 0, 0)[0])
     row_bytes = msg_bytes / args.send_size
     obs_bytes = int(np.prod(shape.obs_shape)) * np.dtype(shape.obs_dtype).itemsize
     batch_bytes = args.batch_size * (2 * obs_bytes + 8 + 4 + 4 + 4 + 8 + 8)

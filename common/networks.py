@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -140,9 +141,9 @@ def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> No
     for name, tensor in state.items():
         if tuple(arrays[name].shape) != tuple(tensor.shape):
             raise ValueError(f"weights do not fit this network: {name} {arrays[name].shape} vs {tuple(tensor.shape)}")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Received frames are read-only and torch warns about wrapping them; copy_ only reads them, so
+        # wrapping is safe and saves copying every parameter twice (6.75 MB for the Nature CNN).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for name, tensor in state.items():
-            source = np.asarray(arrays[name])
-            if not source.flags.writeable:  # received frames are read-only; torch wants writable memory
-                source = source.copy()
-            tensor.copy_(torch.from_numpy(source))
+            tensor.copy_(torch.from_numpy(np.asarray(arrays[name])))

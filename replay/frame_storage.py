@@ -32,6 +32,12 @@ _STATE_PREFIX = "frames."
 MAX_REUSE_WINDOW = 8192  # frames searched for reuse: the latest message of 100 actors or so
 
 
+def _rows(frames: np.ndarray) -> np.ndarray:
+    """Frames as rows of 64-bit words when they divide evenly (84x84 does): an 8x cheaper comparison."""
+    rows = np.ascontiguousarray(frames).reshape(frames.shape[0], -1).view(np.uint8)
+    return rows.view(np.uint64) if rows.shape[1] % 8 == 0 else rows
+
+
 class FrameReplayBuffer:
     """A ReplayBuffer whose `obs` and `next_obs` stacks are indices into one shared frame ring.
 
@@ -232,7 +238,8 @@ class FrameReplayBuffer:
             return slots
         kept = slots.size
         start = self._written
-        numbers, new = self._number_frames(frames)
+        hashes = frame_hashes(frames)
+        numbers, new = self._number_frames(frames, hashes)
         fresh = frames[new]
         obs_numbers, next_numbers = numbers[obs_frames[rows - kept :]], numbers[next_frames[rows - kept :]]
         self._obs_slots[slots] = obs_numbers % self._frame_capacity
@@ -246,10 +253,10 @@ class FrameReplayBuffer:
         self._ring[pos : pos + first] = fresh[:first]
         self._ring[: added - first] = fresh[first:]
         self._written = start + added
-        self._remember(frames, new, numbers)
+        self._remember(hashes, new, numbers)
         return slots
 
-    def _number_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _number_frames(self, frames: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each message frame's frame number: an earlier byte-equal frame still in the reuse window, or
         the next free number. Returns (numbers, mask of the frames to write)."""
         count = frames.shape[0]
@@ -257,24 +264,22 @@ class FrameReplayBuffer:
         # Reusable: in the window, and not overwritten by this message's own new frames (at most `count`).
         lowest = max(self._written - self._reuse_window, self._written + count - self._frame_capacity, 0)
         if self._recent and count:
-            hashes = frame_hashes(frames).tolist()
-            found = [self._recent.get(h, -1) for h in hashes]
+            found = [self._recent.get(h, -1) for h in hashes.tolist()]
             candidates = np.flatnonzero(np.asarray(found) >= lowest)
             if candidates.size:
                 numbers_found = np.asarray(found, dtype=np.int64)[candidates]
-                stored = self._ring[numbers_found % self._frame_capacity]
-                same = (stored == frames[candidates]).reshape(candidates.size, -1).all(axis=1)
+                stored = _rows(self._ring[numbers_found % self._frame_capacity])
+                same = (stored == _rows(frames[candidates])).all(axis=1)
                 numbers[candidates[same]] = numbers_found[same]
         new = numbers < 0
         numbers[new] = self._written + np.arange(int(new.sum()), dtype=np.int64)
         return numbers, new
 
-    def _remember(self, frames: np.ndarray, new: np.ndarray, numbers: np.ndarray) -> None:
+    def _remember(self, hashes: np.ndarray, new: np.ndarray, numbers: np.ndarray) -> None:
         """Index the frames just written for reuse, and forget those that left the window."""
         if not new.any():
             return
-        for h, number in zip(frame_hashes(frames[new]).tolist(), numbers[new].tolist(), strict=True):
-            self._recent[h] = number
+        self._recent.update(zip(hashes[new].tolist(), numbers[new].tolist(), strict=True))
         if len(self._recent) > 2 * self._reuse_window:
             lowest = self._written - self._reuse_window
             self._recent = {h: n for h, n in self._recent.items() if n >= lowest}
