@@ -184,7 +184,11 @@ class Actor:
         log.info("actor %d acting with epsilon %.4g on %d x %s", self.index, self.epsilon, num_envs, self.config.env.id)
         next_weights_check = 0.0
         while not stop.is_set() and self.link.stop_reason is None:
-            now = time.monotonic()
+            now = time.monotonic()  # one clock read a step serves the weight check and the report
+            if now >= next_report:
+                self._report((self.env_steps - last_steps) / (now - last_time))
+                last_steps, last_time = self.env_steps, now
+                next_report = now + ac.stats_interval_s
             if now >= next_weights_check:  # not every step: each check is a few socket calls
                 self._take_weights()
                 next_weights_check = now + WEIGHTS_POLL_S
@@ -209,11 +213,6 @@ class Actor:
                     for start in range(0, arrays["action"].shape[0], ac.send_size):
                         self._send({k: v[start : start + ac.send_size] for k, v in arrays.items()}, stop)
             obs = next_obs
-            now = time.monotonic()
-            if now >= next_report:
-                self._report((self.env_steps - last_steps) / (now - last_time))
-                last_steps, last_time = self.env_steps, now
-                next_report = now + ac.stats_interval_s
         if outbox.count:
             if self.link.stop_reason is None:
                 self._send(outbox.take(), stop)

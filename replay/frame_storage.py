@@ -264,10 +264,10 @@ class FrameReplayBuffer:
         # Reusable: in the window, and not overwritten by this message's own new frames (at most `count`).
         lowest = max(self._written - self._reuse_window, self._written + count - self._frame_capacity, 0)
         if self._recent and count:
-            found = [self._recent.get(h, -1) for h in hashes.tolist()]
-            candidates = np.flatnonzero(np.asarray(found) >= lowest)
+            found = np.fromiter((self._recent.get(h, -1) for h in hashes.tolist()), dtype=np.int64, count=count)
+            candidates = np.flatnonzero(found >= lowest)
             if candidates.size:
-                numbers_found = np.asarray(found, dtype=np.int64)[candidates]
+                numbers_found = found[candidates]
                 stored = _rows(self._ring[numbers_found % self._frame_capacity])
                 same = (stored == _rows(frames[candidates])).all(axis=1)
                 numbers[candidates[same]] = numbers_found[same]
