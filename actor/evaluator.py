@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -55,14 +56,15 @@ class Evaluator:
         self.evaluations += 1
         return returns.astype(np.float32), lengths
 
+    def _load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        load_numpy_weights(self.net, arrays)
+
     def run(self, stop: threading.Event) -> None:
         interval = self.config.eval.interval_s
         evaluated_version = -1
         next_start = time.monotonic()
         while not stop.is_set() and self.link.stop_reason is None:
-            msg = self.link.newest_weights()
-            if msg is not None:
-                load_numpy_weights(self.net, msg.arrays)
+            self.link.newest_weights(self._load)
             if time.monotonic() < next_start or self.link.version == evaluated_version:
                 time.sleep(0.05)
                 continue

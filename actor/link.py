@@ -7,6 +7,11 @@ messages), so a slow actor never falls behind a queue of stale weights. At start
 the current weights directly and waits for them: a late joiner never acts with random weights or waits
 for the next publication.
 
+On the learner's own host the weights come through shared memory instead (`common.shared_weights`):
+the first `weights_ref` notice names the file; if this process can open it and the token matches, the
+link unsubscribes from the full weights and copies each new version out of the file. Otherwise
+(another machine, another user, /dev/shm missing) it stays on the broadcast.
+
 Lost and re-established connections of the link's sockets (and of any socket the actor adds with
 `connections.watch`) are logged from `newest_weights`, which the actor calls between environment steps
 and while it waits to send.
@@ -19,6 +24,8 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +35,9 @@ from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
+from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
 from common.sockets import connect, is_loopback, make_socket
-from common.wire import DecodeError, Encoder, Message, decode
+from common.wire import DecodeError, Encoder, Message, decode, kind_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ class LearnerLink:
         role: str,
         ctx: zmq.Context,
         curve: ClientSecurity | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.learner_host = learner_host
         self.curve = curve  # this process's own keys (from its flags): the run config holds the learner's paths
@@ -70,6 +79,11 @@ class LearnerLink:
         self.learner_run_id = ""
         self.stop_reason: str | None = None
         self.rejected = 0
+        self.shared_memory = shared_memory  # False: always the broadcast (benchmarks compare the two)
+        self.shared: SharedWeightsReader | None = None
+        self._refused_tokens: set[str] = set()
+        self._full_weights_subscribed = False
+        self.received: Counter[str] = Counter()  # weight versions that came by "broadcast" or "shared_memory"
 
     def join(self, actor_index: int, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Welcome:
         """Say hello until the learner answers; a refusal or a silent learner is a clear StartupError."""
@@ -103,10 +117,18 @@ class LearnerLink:
         self.weights_sub = make_socket(
             self.ctx, zmq.SUB, hwm=4, max_message_bytes=config.net.max_message_mb << 20, heartbeats=False
         )
-        self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for kind in ("stop", "weights_ref"):
+            self.weights_sub.setsockopt(zmq.SUBSCRIBE, kind_prefix(kind))
+        self._subscribe_full_weights(True)
         secure_client(self.weights_sub, self.curve)
         self.connections.watch(self.weights_sub, "weight broadcast")
         connect(self.weights_sub, host, config.net.weights_port)
+
+    def _subscribe_full_weights(self, on: bool) -> None:
+        assert self.weights_sub is not None
+        if on != self._full_weights_subscribed:
+            self.weights_sub.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, kind_prefix("weights"))
+            self._full_weights_subscribed = on
 
     def _try_send(self, frames: list) -> None:
         """Never block: after a CURVE refusal libzmq drops the connection for good, and a blocking send
@@ -136,8 +158,13 @@ class LearnerLink:
             time.sleep(RETRY_S if msg is not None and msg.kind == "error" else 0)
         raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
 
-    def newest_weights(self) -> Message | None:
-        """Drain the SUB socket and return the newest weights not yet applied (None if none)."""
+    def newest_weights(self, load: Callable[[Mapping[str, np.ndarray]], None] | None = None) -> Message | None:
+        """Drain the broadcast and return the newest weights not yet taken (None if none).
+
+        With `load` (a function copying arrays into the caller's network) they are also loaded, and
+        weights in shared memory go straight from the file into the network: one copy instead of two,
+        most of what a new version costs an actor. The message returned then carries no arrays.
+        """
         assert self.weights_sub is not None, "subscribe() first"
         self.connections.poll()
         newest = None
@@ -147,16 +174,82 @@ class LearnerLink:
             except zmq.Again:
                 break
             try:
-                msg = decode(frames, expect=("weights", "stop"))
+                msg = decode(frames, expect=("weights", "weights_ref", "stop"))
             except DecodeError as err:
                 self.rejected += 1
                 log.warning("ignored a bad broadcast: %s", err)
                 continue
             if msg.kind == "stop":
                 self.stop_reason = msg.meta["reason"]
-            elif self._accept(msg):
-                newest = msg
+            elif msg.kind == "weights_ref":
+                self._follow_ref(msg)
+            else:
+                self.received["broadcast"] += 1
+                if self._accept(msg):
+                    newest = msg
+        if self.shared is not None:
+            shared = self._take_shared(load)
+            if shared is not None:
+                return shared
+        if newest is not None and load is not None:
+            load(newest.arrays)
         return newest
+
+    def _follow_ref(self, msg: Message) -> None:
+        """A notice of weights in shared memory: map the file if it is new to us and usable."""
+        token = msg.meta["token"]
+        if not msg.meta["path"]:  # the learner stopped writing its file: back to the broadcast
+            if self.shared is not None:
+                log.info("the learner stopped sharing weights in memory: taking them by broadcast")
+                self._close_shared()
+                self._subscribe_full_weights(True)
+            return
+        if not self.shared_memory or token in self._refused_tokens:
+            return
+        if self.shared is not None and self.shared.token == token:
+            return
+        try:
+            reader = SharedWeightsReader(msg.meta["path"], token)
+        except SharedWeightsUnavailable as err:
+            self._refused_tokens.add(token)
+            log.info("weights of run %s by broadcast: %s", msg.meta["run_id"], err)
+            self._close_shared()
+            self._subscribe_full_weights(True)
+            return
+        self._close_shared()
+        self.shared = reader
+        self._subscribe_full_weights(False)
+        log.info("weights of run %s from shared memory %s", reader.run_id, reader.path)
+
+    def _take_shared(self, load: Callable[[Mapping[str, np.ndarray]], None] | None) -> Message | None:
+        """The file's newest version if newer than ours, loaded with `load` if given (else copied)."""
+        assert self.shared is not None
+        run_id, newest = self.shared.run_id, self.shared.newest_version()
+        if newest < 0 or (run_id == self.learner_run_id and newest <= self.version):
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        version = self.shared.read_into(load) if load is not None else None
+        if version is None:  # no `load`, or the writer overtook every attempt and the network may hold a mix
+            got = self.shared.read(attempts=100)
+            if got is None:
+                log.warning("shared-memory weights changed faster than they could be read; retrying next step")
+                self.version = -1  # whatever `load` left is no version at all: take the next one whole
+                return None
+            version, arrays = got
+            if load is not None:
+                load(arrays)
+                arrays = {}
+        msg = Message(
+            kind="weights", sender="shared-memory", seq=0, meta={"version": version, "run_id": run_id}, arrays=arrays
+        )
+        self._accept(msg)
+        self.received["shared_memory"] += 1
+        return msg
+
+    def _close_shared(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
     def _accept(self, msg: Message) -> bool:
         """Newer weights from the same learner, or any weights from a restarted one (a new run_id):
@@ -193,3 +286,4 @@ class LearnerLink:
         self.control.close()
         if self.weights_sub is not None:
             self.weights_sub.close()
+        self._close_shared()

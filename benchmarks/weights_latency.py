@@ -3,11 +3,14 @@
 Why: stale weights make actors explore with an old policy, and Ape-X's off-policy correction only goes
 so far; the time from "the learner publishes" to "every actor acts with it" is the number that matters,
 so it is measured end to end: the publisher notes the send time of each version, and every subscriber
-(a separate process using the real `LearnerLink` drain and `load_numpy_weights` into a real QNetwork)
+(a separate process using the real `LearnerLink` drain and `load_numpy_weights` into a real QNetwork, as
+an actor does)
 reports back (version, applied time). All processes share one machine and CLOCK_MONOTONIC, so the two
-clocks compare directly. Two publishers are measured in the same run: the real `ControlServer` thread
-(what the learner uses) and a bare PUB socket with the same options, so their ratio isolates the cost
-of the control thread from that of the transport.
+clocks compare directly. Three publishers are measured in the same run: the real `ControlServer` thread
+(what the learner uses) with shared-memory weights ("shm", the default for actors on the learner's
+host), the same thread with them off so every byte crosses the broadcast ("control"), and a bare PUB
+socket with the same options ("raw"). control/raw isolates the cost of the control thread from that of
+the transport; shm/control is what shared memory saves.
 
     python benchmarks/weights_latency.py [--subscribers 8] [--publishes 100] [--quick]
 """
@@ -32,8 +35,9 @@ import zmq  # noqa: E402
 from benchmarks import common as bench  # noqa: E402
 
 NAME = "weights_latency"
-# subscriber index, weight version (-1: "I am up"), applied at (monotonic ns), decode + apply (ns)
-REPORT = struct.Struct("<qqqq")
+# subscriber index, weight version (-1: "I am up"), applied at (monotonic ns), decode + apply (ns),
+# 1 if the version came from shared memory
+REPORT = struct.Struct("<qqqqq")
 GOAL_P50_MS = 20.0
 GOAL_P99_MS = 100.0
 READY_TIMEOUT_S = 180.0  # eight processes importing torch on a two-core machine take a while
@@ -80,6 +84,10 @@ def subscriber_main(
     for spec in nets:
         model = spec.build().eval()
         models[frozenset(model.state_dict())] = model
+
+    def load(arrays: Any) -> None:
+        load_numpy_weights(models[frozenset(arrays)], arrays)
+
     config = bench.run_config(port_base, [])
     ctx = zmq.Context()
     link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx)
@@ -88,7 +96,7 @@ def subscriber_main(
     connect(link.weights_sub, "127.0.0.1", raw_port)  # the bare PUB publisher, measured in the same run
     report = make_socket(ctx, zmq.PUSH, hwm=100_000)
     connect(report, "127.0.0.1", report_port)
-    report.send(REPORT.pack(index, -1, time.monotonic_ns(), 0))
+    report.send(REPORT.pack(index, -1, time.monotonic_ns(), 0, 0))
     try:
         while not stop.is_set() and link.stop_reason is None:
             if step_ms > 0:
@@ -96,12 +104,12 @@ def subscriber_main(
             elif not link.weights_sub.poll(100):
                 continue
             seen = time.monotonic_ns()
-            msg = link.newest_weights()
+            msg = link.newest_weights(load)
             if msg is None:
                 continue
-            load_numpy_weights(models[frozenset(msg.arrays)], msg.arrays)
             applied = time.monotonic_ns()
-            report.send(REPORT.pack(index, msg.meta["version"], applied, applied - seen))
+            shared = int(msg.sender == "shared-memory")
+            report.send(REPORT.pack(index, msg.meta["version"], applied, applied - seen, shared))
     finally:
         link.close()
         report.close(linger=0)
@@ -119,7 +127,7 @@ class Publisher:
         bind(self.raw, "127.0.0.1", raw_port, "benchmark weight broadcast")
         self.encode = Encoder("learner")
         self.control = None
-        if "control" in modes:
+        if "control" in modes or "shm" in modes:
             from learner.control import ControlServer
 
             self.control = ControlServer(config, ctx)
@@ -160,8 +168,8 @@ class Reports:
         self.sock = make_socket(ctx, zmq.PULL, hwm=100_000)
         bind(self.sock, "127.0.0.1", port, "benchmark reports")
         self.up: set[int] = set()
-        self.applied: dict[tuple[int, int], tuple[int, int]] = {}
-        self.newest: dict[int, int] = {}
+        self.applied: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.newest: dict[int, tuple[int, int]] = {}  # subscriber -> (version, came by shared memory)
 
     def collect(self, until_ns: int) -> None:
         while (left := until_ns - time.monotonic_ns()) > 0:
@@ -172,11 +180,11 @@ class Reports:
                     data = self.sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                sub, version, applied, cost = REPORT.unpack(data)
+                sub, version, applied, cost, shared = REPORT.unpack(data)
                 self.up.add(sub)
                 if version >= 0:
-                    self.applied[(sub, version)] = (applied, cost)
-                    self.newest[sub] = max(self.newest.get(sub, -1), version)
+                    self.applied[(sub, version)] = (applied, cost, shared)
+                    self.newest[sub] = max(self.newest.get(sub, (-1, 0)), (version, shared))
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -187,10 +195,14 @@ def run_phase(
 ) -> dict[str, Any]:
     model = spec.build()
     period_ns = int(period_ms * 1e6)
-    # Warm up until every subscriber has applied a version of this phase (connections, allocator, caches).
+    if publisher.control is not None:
+        publisher.control.set_shared_memory(mode == "shm")
+    # Warm up until every subscriber has applied a version of this phase, by this phase's path
+    # (connections, subscriptions, allocator, caches).
     first = publisher.version + 1
+    by_shm = int(mode == "shm")
     deadline = time.monotonic() + 60
-    while sum(1 for v in reports.newest.values() if v >= first) < subscribers:
+    while sum(1 for v, shared in reports.newest.values() if v >= first and shared == by_shm) < subscribers:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{mode}/{spec.name}: not every subscriber received weights within 60 s")
         publisher.publish(mode, model)
@@ -203,13 +215,14 @@ def run_phase(
         tick += period_ns
         reports.collect(tick)
     reports.collect(time.monotonic_ns() + max(1_000_000_000, 5 * period_ns))
-    latencies, costs = [], []
+    latencies, costs, shared = [], [], 0
     for version in versions:
         for sub in range(subscribers):
             hit = reports.applied.get((sub, version))
             if hit is not None:
                 latencies.append((hit[0] - publisher.sent_at[version]) / 1e6)
                 costs.append(hit[1] / 1e6)
+                shared += hit[2]
     expected = publishes * subscribers
     return {
         "network": spec.name,
@@ -222,6 +235,7 @@ def run_phase(
         "delivered": len(latencies),
         "expected": expected,
         "delivered_fraction": len(latencies) / expected if expected else None,
+        "shared_memory_fraction": shared / len(latencies) if latencies else None,
     }
 
 
@@ -231,14 +245,15 @@ def main() -> int:
     parser.add_argument("--publishes", type=int, default=0, help="measured publications per phase (default 100)")
     parser.add_argument("--period-ms", type=float, default=0.0, help="time between publications (default 100)")
     parser.add_argument("--nets", default="mlp,nature_cnn", help="comma-separated: mlp, nature_cnn")
-    parser.add_argument("--publisher", choices=["both", "control", "raw"], default="both")
+    parser.add_argument("--publisher", choices=["all", "shm", "control", "raw"], default="all")
     parser.add_argument("--actor-step-ms", type=float, default=0.0, help="check for weights only every so often")
     args = parser.parse_args()
     args.subscribers = args.subscribers or (2 if args.quick else 8)
     args.publishes = args.publishes or (10 if args.quick else 100)
     args.period_ms = args.period_ms or (40.0 if args.quick else 100.0)
     specs = [NETS[name] for name in args.nets.split(",")]
-    modes = ["control", "raw"] if args.publisher == "both" else [args.publisher]
+    # control before shm: turning sharing off and on again gives each network a file of its own layout
+    modes = ["control", "raw", "shm"] if args.publisher == "all" else [args.publisher]
     base = bench.free_port_base(4)
     config = bench.run_config(base, [])
     raw_port, report_port = base + 2, base + 3  # the replay ports of this config, unused here
@@ -287,19 +302,32 @@ def main() -> int:
         lat = p["latency_ms"]
         row = [f"{p['network']} / {p['publisher']}", p["params"], p["message_bytes"] / 1e6]
         row += [lat["p50"], lat["p90"], lat["p99"], lat["max"], p["apply_ms_p50"], p["publish_call_ms_p50"]]
-        rows.append([*row, 100 * (p["delivered_fraction"] or 0)])
+        rows.append([*row, 100 * (p["delivered_fraction"] or 0), 100 * (p["shared_memory_fraction"] or 0)])
     bench.print_table(
         f"{NAME}: publish -> applied by {args.subscribers} subscribers, ms",
-        ["network / publisher", "params", "MB", "p50", "p90", "p99", "max", "apply p50", "publish p50", "delivered %"],
+        [
+            "network / publisher",
+            "params",
+            "MB",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "apply p50",
+            "publish p50",
+            "delivered %",
+            "by shm %",
+        ],
         rows,
     )
     ratios: dict[str, Any] = {}
     for spec in specs:
         by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
-        if "control" in by_mode and "raw" in by_mode:
-            ratios[f"{spec.name}_p50_control_vs_raw"] = bench.ratio(
-                by_mode["control"]["latency_ms"]["p50"], by_mode["raw"]["latency_ms"]["p50"]
-            )
+        for a, b in (("control", "raw"), ("shm", "control")):
+            if a in by_mode and b in by_mode:
+                ratios[f"{spec.name}_p50_{a}_vs_{b}"] = bench.ratio(
+                    by_mode[a]["latency_ms"]["p50"], by_mode[b]["latency_ms"]["p50"]
+                )
     if ratios:
         print("  ".join(f"{k}: {bench.fmt(v)}" for k, v in ratios.items()))
     print(

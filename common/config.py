@@ -245,6 +245,8 @@ class NetConfig:
     """messages larger than this are dropped by the socket and never reach a decoder"""
     send_hwm: int = 4
     """transition messages queued per actor before it blocks (backpressure)"""
+    shared_memory_weights: bool = True
+    """actors on the learner's host read new weights from a file in /dev/shm, not the broadcast socket"""
     curve_secret_key: str = ""
     """path to this server's NAME.key_secret (CurveZMQ); the learner also uses it as replay's client"""
     curve_server_key: str = ""

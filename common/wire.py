@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_ARRAYS = 256
@@ -82,6 +82,10 @@ SCHEMAS: dict[str, Schema] = {
         optional_meta={"run_id": str},
         any_arrays=True,
         doc="learner -> actors (PUB, or reply to get_weights): every parameter tensor of the Q-network",
+    ),
+    "weights_ref": Schema(
+        meta={"version": int, "run_id": str, "path": str, "token": str},
+        doc="learner -> actors (PUB): a new version is in the shared-memory file at path, for actors on its host",
     ),
     "transitions": Schema(
         meta={"actor_index": int},
@@ -211,16 +215,29 @@ def encode(
     buffers: list[Any] = []
     for name, array in (arrays or {}).items():
         array = np.asarray(array)
-        if array.dtype.name not in ALLOWED_DTYPES:
+        dtype_name = _dtype_name(array.dtype)
+        if dtype_name not in ALLOWED_DTYPES:
             raise ValueError(f"array {name!r}: dtype {array.dtype} is not allowed on the wire")
         if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not _LITTLE_ENDIAN):
             array = array.astype(array.dtype.newbyteorder("<"))
         shape = list(array.shape)  # before ascontiguousarray, which turns a 0-d array into shape (1,)
         array = np.ascontiguousarray(array)
-        specs.append([name, array.dtype.name, shape])
+        specs.append([name, dtype_name, shape])
         buffers.append(memoryview(array).cast("B") if array.size else b"")
     header = {"v": PROTOCOL_VERSION, "k": kind, "s": sender, "n": seq, "m": dict(meta or {}), "a": specs}
     return [msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """`dtype.name`, remembered: numpy builds the string on every access, a good part of encoding a
+    message of small arrays (actors send one every few steps)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
 
 
 def _frame_bytes(frame: Any) -> memoryview:
@@ -338,7 +355,7 @@ def _check_arrays(kind: str, schema: Schema, arrays: dict[str, np.ndarray]) -> N
         if missing or extra:
             raise DecodeError("bad_arrays", f"{kind}: missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, dtypes in schema.arrays.items():
-            if dtypes is not None and arrays[name].dtype.name not in dtypes:
+            if dtypes is not None and _dtype_name(arrays[name].dtype) not in dtypes:
                 raise DecodeError("bad_dtype", f"{kind}.{name}: {arrays[name].dtype.name}")
     if schema.batched and arrays:
         lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
@@ -351,6 +368,20 @@ def require_vectors(msg: Message, *names: str) -> None:
     for name in names:
         if msg.arrays[name].ndim != 1:
             raise DecodeError("bad_shape", f"{msg.kind}.{name} must be one-dimensional")
+
+
+def kind_prefix(kind: str) -> bytes:
+    """The first bytes of every header of this kind: a SUB socket subscribes to the kinds it wants.
+
+    The header map always starts with the version and the kind, so the prefix is fixed per kind, and a
+    PUB socket then sends a subscriber nothing else (the 6.75 MB weights to an actor that reads them
+    from shared memory, for one).
+    """
+    pack = msgpack.packb
+    prefix = b"\x86" + pack("v") + pack(PROTOCOL_VERSION) + pack("k") + pack(kind)  # 0x86: a map of 6 keys
+    if not encode(kind)[0].startswith(prefix):
+        raise AssertionError(f"header layout changed: update kind_prefix ({kind})")
+    return prefix
 
 
 class Encoder:

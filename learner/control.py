@@ -3,7 +3,10 @@
 It owns two sockets: a ROUTER where actors and evaluators say hello (and get the run config and their
 global index back), ask for the current weights, and send episode statistics and evaluation results;
 and the PUB socket on which every new weight version and the final stop are broadcast. Publishing from
-this thread keeps the update loop from ever waiting on a slow subscriber. The same loop logs peers
+this thread keeps the update loop from ever waiting on a slow subscriber. Each version also goes into a
+shared-memory file (`common.shared_weights`) announced by a small `weights_ref`: actors on this host
+read it from there and unsubscribe from the full weights, which then cross the network only to
+actors elsewhere. The same loop logs peers
 whose connection to either socket is lost or comes back (`common.monitor`); which actor went quiet is
 told by `report_silent_actors`, from the statistics it stopped sending.
 """
@@ -24,6 +27,7 @@ import zmq
 from common.config import RunConfig
 from common.monitor import ConnectionMonitor
 from common.security import ServerSecurity, require_secure_bind, secure_server
+from common.shared_weights import LayoutMismatch, NonFinite, SharedWeightsWriter, available
 from common.sockets import bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 
@@ -52,6 +56,9 @@ class ControlServer(threading.Thread):
         self._lock = threading.Lock()
         self._weights: tuple[int, dict[str, np.ndarray]] | None = None
         self._publish_pending = False
+        self._shared: SharedWeightsWriter | None = None
+        self._shared_wanted = config.net.shared_memory_weights and available()
+        self._shared_announced = False
         self._stop_reason: str | None = None
         self._closing = threading.Event()
         self._next_index = config.actor.num_actors  # explicit indices 0..N-1 belong to launched actors
@@ -143,6 +150,7 @@ class ControlServer(threading.Thread):
             self._wake_rx.close(linger=0)
             self.router.close()
             self.pub.close()
+            self._close_shared()
             if self.security is not None:
                 self.security.close()
 
@@ -156,7 +164,43 @@ class ControlServer(threading.Thread):
             self._publish_pending = False
             version, arrays = self._weights  # type: ignore[misc]
         meta = {"version": version, "run_id": self.run_id}
+        ref = self._shared_ref(version, arrays)
+        if ref is not None:
+            self.pub.send_multipart(self._encode("weights_ref", {**meta, **ref}))
+        # PUB filters by subscription: with every actor on this host, these bytes go nowhere.
         self.pub.send_multipart(self._encode("weights", meta, arrays), copy=False)
+
+    def set_shared_memory(self, enabled: bool) -> None:
+        """Turn shared-memory weights on or off from the next publication (the benchmark compares both)."""
+        self._shared_wanted = enabled and available()
+
+    def _shared_ref(self, version: int, arrays: dict[str, np.ndarray]) -> dict[str, str] | None:
+        """Write the shared-memory copy; what the notice should say, or None when there is no file to name.
+
+        Once a file has been announced, a learner that stops writing it (turned off, or /dev/shm full)
+        says so in every notice from then on (an empty path), so actors that unsubscribed from the full
+        weights take the broadcast again instead of waiting on a file that no longer changes."""
+        if self._shared_wanted:
+            try:
+                if self._shared is None:
+                    self._shared = SharedWeightsWriter(self.run_id, arrays)
+                    self._shared_announced = True
+                    log.info("weights also in shared memory for actors on this host: %s", self._shared.path)
+                self._shared.write(version, arrays)
+                return {"path": self._shared.path, "token": self._shared.token}
+            except NonFinite as err:  # the file keeps the last good version; the broadcast's are refused
+                log.warning("not sharing weights: %s", err)
+                return None
+            except (OSError, LayoutMismatch) as err:
+                log.warning("shared-memory weights off, the broadcast carries them all: %s", err)
+                self._shared_wanted = False
+        self._close_shared()
+        return {"path": "", "token": ""} if self._shared_announced else None
+
+    def _close_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     def _reply(self, identity: bytes, frames: list) -> None:
         try:

@@ -32,7 +32,7 @@ from common.security import (
     secure_server,
 )
 from common.sockets import bind, free_port_base, make_socket
-from common.wire import Encoder, decode
+from common.wire import Encoder, decode, kind_prefix
 
 NOTHING_WAIT_S = 1.0
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
@@ -308,7 +308,7 @@ def test_the_control_server_gives_weights_and_welcomes_only_to_authorized_actors
         peers = {}
         for name, curve in (("actor", keys.client("actor", authorize=True)), ("plain", None)):
             dealer, sub = make_socket(client_ctx, zmq.DEALER), make_socket(client_ctx, zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(zmq.SUBSCRIBE, kind_prefix("weights") if name == "actor" else b"")  # plain: anything
             for sock, port in ((dealer, net.learner_port), (sub, net.weights_port)):
                 secure_client(sock, curve)
                 sock.connect(f"tcp://127.0.0.1:{port}")

@@ -32,6 +32,7 @@ from common.wire import (
     Message,
     decode,
     encode,
+    kind_prefix,
 )
 
 Meta = dict[str, Any]
@@ -77,6 +78,15 @@ EXAMPLES: dict[str, Callable[[], tuple[Meta, Arrays]]] = {
             "value.weight": _rng.normal(size=(1, 8)).astype(np.float32),
             "advantage.bias": np.array([0.5, -0.25], dtype=np.float32),
         },
+    ),
+    "weights_ref": lambda: (
+        {
+            "version": 17,
+            "run_id": "0123456789ab",
+            "path": "/dev/shm/distdqn-weights-0123456789ab-" + "a" * 16,
+            "token": "a" * 16,
+        },
+        {},
     ),
     "transitions": _transitions,
     "frame_transitions": lambda: (
@@ -361,7 +371,7 @@ def test_header_with_non_string_map_keys() -> None:
     assert reason_of([msgpack.packb({1: 1, "k": "stop"})]) == "bad_header"
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, -1, 2**40, "2", None, True, 2.0, [2]])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, 2**40, "3", None, True, 3.0, [3]])
 def test_wrong_version(version: Any) -> None:
     assert reason_of(with_header(valid("stop"), v=version)) == "wrong_version"
 
@@ -799,3 +809,16 @@ def test_near_valid_messages_decode_consistently_or_are_refused(frames: list[byt
     msg = decodes_or_refuses(frames)
     if msg is not None:
         assert_consistent(msg, frames)
+
+
+def test_every_header_of_a_kind_starts_with_its_subscription_prefix() -> None:
+    """SUB sockets subscribe by kind with these prefixes: one that matched another kind's headers, or
+    missed some of its own, would hand an actor 6.75 MB it does not want or hide a `stop` from it."""
+    prefixes = {kind: kind_prefix(kind) for kind in SCHEMAS}
+    for kind, prefix in prefixes.items():
+        meta = {"a": 1, "b": [1, 2]} if kind != "stop" else {"reason": "x"}
+        for sender, seq in (("", 0), ("learner", 2**40)):
+            header = encode(kind, meta, {"x": np.zeros(3, np.float32)}, sender=sender, seq=seq)[0]
+            assert header.startswith(prefix)
+            others = [other for other, p in prefixes.items() if other != kind and header.startswith(p)]
+            assert not others, f"{kind} headers also match the prefix of {others}"

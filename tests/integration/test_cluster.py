@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import zmq
 
-from common.wire import Encoder, Message, decode
+from common.wire import Encoder, Message, decode, kind_prefix
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Cluster
@@ -90,7 +90,8 @@ class WeightWatcher:
     def __init__(self, ctx: zmq.Context, port: int) -> None:
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for kind in ("weights", "stop"):
+            self.sub.setsockopt(zmq.SUBSCRIBE, kind_prefix(kind))
         self.sub.connect(f"tcp://127.0.0.1:{port}")
         self.latest = -1
         self.history: list[tuple[float, int]] = []  # (monotonic time received, version)

@@ -1,0 +1,273 @@
+"""Weights through shared memory, for actors on the learner's own host.
+
+Why: a Nature CNN is 6.75 MB, and eight local subscribers of the PUB socket make the kernel push
+54 MB through loopback TCP per publication (about 40 ms on two cores). Written once into a file in
+/dev/shm, every local actor copies the weights straight out of RAM in about a millisecond, and the
+broadcast carries only a small `weights_ref` notice saying where they are. An actor that cannot open
+the file (another host, another user) keeps receiving the full weights on the broadcast.
+
+The file: a header, then two slots, each holding every array at the offset the header's layout gives.
+The writer fills the slot that does not hold the newest version, with that slot's sequence counter odd
+while it writes (a seqlock). A reader copies the newest complete slot and keeps the copy only if the
+counter did not move meanwhile, so a torn write is never applied. The file is created with mode 0600
+and removed when the learner stops; its name carries the run id and a random token that the notice
+repeats, so an actor never mistakes another run's or another machine's file for its learner's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import secrets
+import socket
+import stat
+import struct
+from collections.abc import Callable, Mapping
+
+import msgpack
+import numpy as np
+
+SHM_DIR = "/dev/shm"
+MAGIC = b"distdqnW"
+FORMAT_VERSION = 1
+SLOTS = 2
+SLOT_TABLE = 64  # slot k's (sequence, version) int64 pair at SLOT_TABLE + 16 * k
+LAYOUT_AT = 128
+ALIGN = 64
+PAGE = 4096
+MAX_FILE_BYTES = 16 << 30
+MAX_LAYOUT_BYTES = 1 << 20
+ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int64", "int32", "uint8", "bool"})
+NAME_PATTERN = re.compile(r"distdqn-weights-[0-9a-f]{1,64}-[0-9a-f]{16}")
+_HEADER = struct.Struct("<8sIIQ")  # magic, format, layout bytes, where slot 0 starts
+
+
+class SharedWeightsUnavailable(Exception):
+    """This process cannot use the learner's shared-memory weights; the reason says why."""
+
+
+class LayoutMismatch(ValueError):
+    """Weights of another network than the file was made for."""
+
+
+class NonFinite(ValueError):
+    """Weights holding NaN or infinity: never written, so a reader never loads them."""
+
+
+def available(directory: str = SHM_DIR) -> bool:
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _slot_table(mm: mmap.mmap) -> np.ndarray:
+    """Rows of (sequence, version): aligned int64 stores and loads, so neither is ever half-written."""
+    return np.ndarray((SLOTS, 2), dtype="<i8", buffer=mm, offset=SLOT_TABLE)
+
+
+def _views(mm: mmap.mmap, data_at: int, slot_bytes: int, arrays: list) -> list[dict[str, np.ndarray]]:
+    return [
+        {
+            name: np.ndarray(tuple(shape), dtype=np.dtype(dtype).newbyteorder("<"), buffer=mm, offset=base + offset)
+            for name, dtype, shape, offset in arrays
+        }
+        for base in (data_at + k * slot_bytes for k in range(SLOTS))
+    ]
+
+
+def remove_stale(directory: str = SHM_DIR) -> list[str]:
+    """Remove weights files left by learners of this host and user that were killed before removing
+    their own (SIGKILL); a file whose writer may still be alive, or cannot be told, is left alone."""
+    removed = []
+    host, uid = socket.gethostname(), os.getuid()
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not NAME_PATTERN.fullmatch(name):
+            continue
+        try:
+            if os.stat(path, follow_symlinks=False).st_uid != uid:
+                continue
+            with open(path, "rb") as f:
+                head = f.read(PAGE)
+            _, _, layout_bytes, _ = _HEADER.unpack_from(head, 0)
+            owner = msgpack.unpackb(head[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False)
+            if owner.get("host") != host or not isinstance(owner.get("pid"), int) or _alive(owner["pid"]):
+                continue
+            os.unlink(path)
+            removed.append(path)
+        except Exception:  # unreadable, half-written, or gone meanwhile: not ours to judge
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SharedWeightsWriter:
+    """The learner's side: one file per run, written by the control thread at every publication."""
+
+    def __init__(self, run_id: str, arrays: Mapping[str, np.ndarray], directory: str = SHM_DIR) -> None:
+        self.run_id = run_id
+        self.token = secrets.token_hex(8)
+        self.path = os.path.join(directory, f"distdqn-weights-{run_id}-{self.token}")
+        layout, offset = [], 0
+        for name, array in arrays.items():
+            offset = _round_up(offset, ALIGN)
+            layout.append([name, array.dtype.name, list(array.shape), offset])
+            offset += array.nbytes
+        self.slot_bytes = _round_up(max(offset, 1), PAGE)
+        self.layout = layout
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        header = msgpack.packb(
+            {"run_id": run_id, "token": self.token, "slot_bytes": self.slot_bytes, "arrays": layout, **owner}
+        )
+        remove_stale(directory)
+        data_at = _round_up(LAYOUT_AT + len(header), PAGE)
+        self.nbytes = data_at + SLOTS * self.slot_bytes
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, self.nbytes)
+            self._mm = mmap.mmap(fd, self.nbytes)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self._mm[LAYOUT_AT : LAYOUT_AT + len(header)] = header
+        self._slots = _slot_table(self._mm)
+        self._slots[:, 0] = 0
+        self._slots[:, 1] = -1  # no version yet
+        self._slot_views = _views(self._mm, data_at, self.slot_bytes, layout)
+        _HEADER.pack_into(self._mm, 0, MAGIC, FORMAT_VERSION, len(header), data_at)  # last: readers check it first
+        self._next = 0
+
+    def write(self, version: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Fill the older slot with `arrays` (same names and shapes as at creation, else LayoutMismatch).
+
+        Non-finite floats raise NonFinite and leave the file as it was: readers load straight from the
+        file without checking, so the one writer checks for all of them."""
+        views = self._slot_views[self._next]
+        if set(arrays) != set(views) or any(arrays[name].shape != view.shape for name, view in views.items()):
+            raise LayoutMismatch("these weights do not match the shared-memory layout")
+        for name, array in arrays.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise NonFinite(f"weights v{version}: {name} is not finite")
+        seq = int(self._slots[self._next, 0])
+        self._slots[self._next, 0] = seq + 1  # odd: being written
+        for name, view in views.items():
+            np.copyto(view, arrays[name], casting="no")
+        self._slots[self._next, 1] = version
+        self._slots[self._next, 0] = seq + 2
+        self._next ^= 1
+
+    def close(self) -> None:
+        """Remove the file; actors still holding it keep their mapping until they let go."""
+        if self._mm.closed:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._slot_views = []
+        self._slots = None  # type: ignore[assignment]
+        self._mm.close()
+
+
+class SharedWeightsReader:
+    """An actor's side: the mapping of one run's file, checked against what the notice said."""
+
+    def __init__(self, path: str, token: str, directory: str = SHM_DIR) -> None:
+        name = os.path.basename(path)
+        if os.path.dirname(path) != directory or not NAME_PATTERN.fullmatch(name) or not name.endswith(token):
+            raise SharedWeightsUnavailable(f"not a weights file this actor will open: {path[:200]!r}")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as err:
+            raise SharedWeightsUnavailable(f"cannot open {path}: {err.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or not PAGE <= info.st_size <= MAX_FILE_BYTES:
+                raise SharedWeightsUnavailable(f"{path} is not a weights file")
+            self._mm = mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        try:
+            self._parse(path, token, info.st_size)
+        except BaseException:
+            self._mm.close()
+            raise
+        self.path = path
+        self.token = token
+
+    def _parse(self, path: str, token: str, size: int) -> None:
+        magic, file_format, layout_bytes, data_at = _HEADER.unpack_from(self._mm, 0)
+        if magic != MAGIC or file_format != FORMAT_VERSION:
+            raise SharedWeightsUnavailable(f"{path}: not a distdqn weights file of format {FORMAT_VERSION}")
+        if not 0 < layout_bytes <= min(MAX_LAYOUT_BYTES, size - LAYOUT_AT):
+            raise SharedWeightsUnavailable(f"{path}: bad layout size")
+        try:
+            layout = msgpack.unpackb(self._mm[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False, strict_map_key=True)
+            run_id, file_token = str(layout["run_id"]), layout["token"]
+            slot_bytes, arrays = int(layout["slot_bytes"]), layout["arrays"]
+        except Exception as err:  # msgpack raises several unrelated types for garbage
+            raise SharedWeightsUnavailable(f"{path}: unreadable layout ({type(err).__name__})") from None
+        if file_token != token:
+            raise SharedWeightsUnavailable(f"{path}: belongs to another learner")
+        if data_at < LAYOUT_AT + layout_bytes or data_at + SLOTS * slot_bytes > size:
+            raise SharedWeightsUnavailable(f"{path}: slots outside the file")
+        for spec in arrays:
+            name, dtype, shape, offset = spec
+            ok = isinstance(name, str) and dtype in ALLOWED_DTYPES and isinstance(offset, int) and offset >= 0
+            ok = ok and isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)
+            if not ok or offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize > slot_bytes:
+                raise SharedWeightsUnavailable(f"{path}: bad array layout {str(spec)[:100]}")
+        self.run_id = run_id
+        self._slots = _slot_table(self._mm)
+        self._slot_views = _views(self._mm, data_at, slot_bytes, arrays)
+
+    def newest_version(self) -> int:
+        """The newest completely written version (-1 if none): two loads, cheap enough for every step."""
+        seq, version = self._slots[:, 0], self._slots[:, 1]
+        complete = version[seq % 2 == 0]
+        return int(complete.max()) if complete.size else -1
+
+    def read(self, attempts: int = 3) -> tuple[int, dict[str, np.ndarray]] | None:
+        """A private copy of the newest complete version, or None if the writer kept overtaking us."""
+        copies: dict[str, np.ndarray] = {}
+
+        def copy(views: Mapping[str, np.ndarray]) -> None:
+            copies.clear()
+            copies.update((name, view.copy()) for name, view in views.items())
+
+        version = self.read_into(copy, attempts)
+        return None if version is None else (version, copies)
+
+    def read_into(self, load: Callable[[Mapping[str, np.ndarray]], None], attempts: int = 3) -> int | None:
+        """Hand the newest complete version's arrays, in place in the file, to `load` (which must copy
+        what it keeps, e.g. into a network's parameters); its version, or None if the writer overtook
+        every attempt, in which case what `load` copied last may be torn and must not be used."""
+        for _ in range(attempts):
+            seq_before = self._slots[:, 0].copy()
+            versions = np.where(seq_before % 2 == 0, self._slots[:, 1], -1)
+            slot = int(versions.argmax())
+            if versions[slot] < 0:
+                return None
+            load(self._slot_views[slot])
+            if self._slots[slot, 0] == seq_before[slot] and self._slots[slot, 1] == versions[slot]:
+                return int(versions[slot])
+        return None
+
+    def close(self) -> None:
+        if not self._mm.closed:
+            self._slot_views = []
+            self._slots = None  # type: ignore[assignment]
+            self._mm.close()

@@ -1,0 +1,226 @@
+"""How an actor's link follows the learner's weights: shared memory on the learner's host, else the broadcast.
+
+Real sockets and a real ControlServer; the actor side is the real LearnerLink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from actor.link import LearnerLink
+from common.config import load_config
+from common.shared_weights import available
+from common.sockets import bind, free_port_base, make_socket
+from common.wire import Encoder
+from learner.control import ControlServer
+
+pytestmark = pytest.mark.skipif(not available(), reason="/dev/shm is not a writable directory here")
+
+
+def _config(*overrides: str):
+    config = load_config("cartpole", list(overrides))
+    return dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
+
+
+def _weights(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full((64, 32), value, np.float32), "b": np.full(32, value, np.float32)}
+
+
+def _newest(link: LearnerLink, version: int, timeout: float = 10.0):
+    """Drain until `version` (or newer) has been taken; returns the message that carried it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = link.newest_weights()
+        if msg is not None and msg.meta["version"] >= version:
+            return msg
+        time.sleep(0.005)
+    raise AssertionError(f"v{version} never arrived (link at v{link.version})")
+
+
+def _link(config, ctx: zmq.Context, **kwargs) -> LearnerLink:
+    link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx, **kwargs)
+    welcome = link.join(0, threading.Event(), timeout_s=10)
+    link.subscribe(welcome.config)
+    return link
+
+
+def _publish_until(control: ControlServer, link: LearnerLink, first: int, value: float = 1.0):
+    """Publish new versions until one arrives (a SUB connects a little after it is created)."""
+    version = first
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        control.set_weights(version, _weights(value + version))
+        time.sleep(0.05)
+        msg = link.newest_weights()
+        if msg is not None:
+            return msg
+        version += 1
+    raise AssertionError("no weights reached the link")
+
+
+def test_a_local_actor_switches_to_shared_memory_and_stops_receiving_the_full_weights() -> None:
+    config = _config()
+    ctx = zmq.Context()
+    control = ControlServer(config, ctx)
+    control.start()
+    link = _link(config, ctx)
+    try:
+        first = _publish_until(control, link, 1)
+        assert link.shared is not None, "the notice never switched the link to shared memory"
+        assert link.shared.path.startswith("/dev/shm/distdqn-weights-")
+        path = link.shared.path
+        by_broadcast = link.received["broadcast"]
+        for version in range(first.meta["version"] + 1, first.meta["version"] + 6):
+            control.set_weights(version, _weights(version))
+            msg = _newest(link, version)
+            assert msg.sender == "shared-memory"
+            assert (msg.arrays["w"] == msg.meta["version"]).all()
+        loaded: dict[str, np.ndarray] = {}
+        control.set_weights(50, _weights(50))
+        deadline = time.monotonic() + 10
+        while (msg := link.newest_weights(lambda a: loaded.update((k, v.copy()) for k, v in a.items()))) is None:
+            assert time.monotonic() < deadline, "v50 never arrived"
+            time.sleep(0.005)
+        assert msg.meta["version"] == 50 and msg.arrays == {}  # loaded straight from the file
+        assert (loaded["w"] == 50).all() and (loaded["b"] == 50).all()
+        time.sleep(0.2)  # anything still in flight from before the unsubscription has arrived by now
+        link.newest_weights()
+        settled = link.received["broadcast"]
+        control.set_weights(100, _weights(100))
+        _newest(link, 100)
+        time.sleep(0.2)
+        assert link.newest_weights() is None
+        assert link.received["broadcast"] == settled, "full weights still reach a shared-memory actor"
+        assert link.received["shared_memory"] >= 6 and settled - by_broadcast <= 2
+    finally:
+        link.close()
+        control.close()
+        ctx.destroy(linger=0)
+    assert not os.path.exists(path), "the learner left its shared-memory file behind"
+
+
+def test_the_broadcast_carries_everything_when_shared_memory_is_off_or_unwanted() -> None:
+    for overrides, prefer in ((["net.shared_memory_weights=false"], True), ([], False)):
+        config = _config(*overrides)
+        ctx = zmq.Context()
+        control = ControlServer(config, ctx)
+        control.start()
+        link = _link(config, ctx, shared_memory=prefer)
+        try:
+            first = _publish_until(control, link, 1)
+            for version in range(first.meta["version"] + 1, first.meta["version"] + 4):
+                control.set_weights(version, _weights(version))
+                assert _newest(link, version).sender.startswith("learner")
+            assert link.shared is None and link.received["shared_memory"] == 0
+        finally:
+            link.close()
+            control.close()
+            ctx.destroy(linger=0)
+
+
+def test_a_file_this_actor_cannot_open_leaves_it_on_the_broadcast() -> None:
+    """What an actor on another machine sees: a notice naming a file it does not have."""
+    config = _config()
+    ctx = zmq.Context()
+    pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
+    bind(pub, "127.0.0.1", config.net.weights_port, "test broadcast")
+    router = make_socket(ctx, zmq.ROUTER, hwm=16)
+    bind(router, "127.0.0.1", config.net.learner_port, "test control")
+    link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx)
+    link.learner_run_id = "e1e1"
+    link.subscribe(config)
+    encode = Encoder("learner")
+    try:
+        deadline, version = time.monotonic() + 10, 0
+        while link.received["broadcast"] < 3 and time.monotonic() < deadline:
+            version += 1
+            meta = {"version": version, "run_id": "e1e1"}
+            ref = {**meta, "path": f"/dev/shm/distdqn-weights-e1e1-{'a' * 16}", "token": "a" * 16}
+            pub.send_multipart(encode("weights_ref", ref))
+            pub.send_multipart(encode("weights", meta, _weights(version)))
+            time.sleep(0.05)
+            link.newest_weights()
+        assert link.received["broadcast"] >= 3 and link.version == version
+        assert link.shared is None and link.received["shared_memory"] == 0
+    finally:
+        link.close()
+        pub.close(linger=0)
+        router.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+def test_a_restarted_learner_on_the_same_host_is_followed_to_its_new_file() -> None:
+    config = _config()
+    ctx, learner_ctx = zmq.Context(), zmq.Context()
+    control = ControlServer(config, learner_ctx)
+    control.start()
+    link = _link(config, ctx)
+    try:
+        _publish_until(control, link, 50)
+        assert link.shared is not None
+        old_path = link.shared.path
+        control.close()
+        learner_ctx.term()  # its ports are free once its context is gone, as when a process exits
+        learner_ctx = zmq.Context()
+        control = ControlServer(config, learner_ctx)  # same ports, a new run id and file; versions start lower
+        control.start()
+        _publish_until(control, link, 1, value=1000)
+        assert link.learner_run_id == control.run_id
+        deadline = time.monotonic() + 5
+        while (link.shared is None or link.shared.path == old_path) and time.monotonic() < deadline:
+            control.set_weights(link.version + 1, _weights(1000 + link.version + 1))
+            _newest(link, link.version + 1)
+        assert link.shared is not None and link.shared.path != old_path
+        assert link.shared.run_id == control.run_id
+        assert not os.path.exists(old_path)
+    finally:
+        link.close()
+        control.close()
+        ctx.destroy(linger=0)
+        learner_ctx.destroy(linger=0)
+
+
+def test_actors_go_back_to_the_broadcast_when_the_learner_stops_writing_its_file() -> None:
+    """A learner whose /dev/shm fills up turns sharing off; actors must not wait on a frozen file."""
+    config = _config()
+    ctx = zmq.Context()
+    control = ControlServer(config, ctx)
+    control.start()
+    link = _link(config, ctx)
+    try:
+        _publish_until(control, link, 1)
+        assert link.shared is not None
+        first_path = link.shared.path
+        control.set_shared_memory(False)
+        deadline = time.monotonic() + 10
+        while link.received["broadcast"] == 0 or link.shared is not None:
+            assert time.monotonic() < deadline, "the actor never went back to the broadcast"
+            control.set_weights(link.version + 1, _weights(link.version + 1))
+            time.sleep(0.02)
+            link.newest_weights()
+        assert not os.path.exists(first_path)
+        version = link.version + 1
+        control.set_weights(version, _weights(version))
+        assert _newest(link, version).sender.startswith("learner")
+        control.set_shared_memory(True)  # and back: a new file
+        deadline = time.monotonic() + 10
+        while link.shared is None:
+            assert time.monotonic() < deadline, "the actor never took the new file"
+            control.set_weights(link.version + 1, _weights(link.version + 1))
+            time.sleep(0.02)
+            link.newest_weights()
+        assert link.shared.path != first_path
+        version = link.version + 1
+        control.set_weights(version, _weights(version))
+        assert _newest(link, version).sender == "shared-memory"
+    finally:
+        link.close()
+        control.close()
+        ctx.destroy(linger=0)
