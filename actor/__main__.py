@@ -12,7 +12,11 @@ import logging
 import os
 import sys
 
-import zmq
+# Before numpy loads: the acting pass is a few rows, and OpenBLAS's second thread would spin on a core
+# that the environments and the replay server need (actors run torch with one thread too).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import zmq  # noqa: E402
 
 from common.cli import _Parser
 from common.errors import ConfigError

@@ -20,6 +20,8 @@ class NStepTransitions:
 
     The learner's target is ``reward + discount * V(next_obs)``; ``discount``
     is already 0 where the episode terminated, so no separate done flag exists.
+    ``action_value`` carries the Q(obs, action) the actor computed when it
+    acted, so initial priorities need no second forward pass over ``obs``.
     """
 
     obs: np.ndarray  # (K, *obs_shape), obs_dtype
@@ -28,6 +30,8 @@ class NStepTransitions:
     discount: np.ndarray  # (K,) float32
     next_obs: np.ndarray  # (K, *obs_shape), obs_dtype
     env_index: np.ndarray  # (K,) int64
+    action_value: np.ndarray  # (K,) float32; NaN where add() was given no action_values
+    ended: np.ndarray  # (K,) bool: flushed by an episode end, so next_obs is that episode's final observation
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -50,7 +54,8 @@ class NStepBuilder:
 
     Rewards are accumulated in float64 in increasing ``j`` (each term being
     ``gamma**j * r`` with ``gamma**j`` a Python float) and only the final sum
-    is rounded to float32, so results are reproducible bit for bit.
+    is rounded to float32, so results are reproducible bit for bit. Each
+    pending start keeps its running sum, and every step adds its term.
 
     Episode boundaries. Normally ``k = n`` and the transition starting at
     ``t`` is emitted by the ``add`` call for step ``t + n - 1``. When an
@@ -67,8 +72,9 @@ class NStepBuilder:
     Layout. All envs step in lockstep, so a single ring index (``step % n``)
     addresses a pre-allocated ``(n, E, ...)`` buffer for every env; a slot is
     only overwritten after the transition starting there has been emitted.
-    The common path (no episode end) is a few vector operations over envs;
-    per-env Python work happens only for envs whose episode just ended.
+    Each step costs a fixed number of vector operations over envs, episode
+    ends included: the actor calls it for every vector step, so per-env
+    Python work would cost more than the rest of the assembly.
     Inputs are copied into the buffer, so callers may reuse their arrays.
     """
 
@@ -91,13 +97,31 @@ class NStepBuilder:
         self.gamma = float(gamma)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
-        self._obs = np.zeros((self.n, self.num_envs, *self.obs_shape), dtype=self.obs_dtype)
-        self._act = np.zeros((self.n, self.num_envs), dtype=np.int64)
-        self._rew = np.zeros((self.n, self.num_envs), dtype=np.float64)
-        self._count = np.zeros(self.num_envs, dtype=np.int64)
+        n, e = self.n, self.num_envs
+        self._obs = np.zeros((n, e, *self.obs_shape), dtype=self.obs_dtype)
+        self._act = np.zeros((n, e), dtype=np.int64)
+        self._value = np.zeros((n, e), dtype=np.float32)
+        # Running discounted reward sum of the start held in each slot (garbage once emitted, reset on reuse).
+        self._return = np.zeros((n, e), dtype=np.float64)
+        self._count = np.zeros(e, dtype=np.int64)
+        self._one = np.ones(e, dtype=np.int64)  # array operands: a Python scalar costs each ufunc call extra
+        self._most_pending = np.full(e, n - 1, dtype=np.int64)
         self._slot = 0  # ring slot the next add() writes to
         # gamma**j for j = 0..n, as Python floats so builder and reference agree.
-        self._powers = [self.gamma**j for j in range(self.n + 1)]
+        self._powers = [self.gamma**j for j in range(n + 1)]
+        # _term_power[s][i]: gamma**(age of slot i) when slot s is the one just written (age 0).
+        self._term_power = [
+            np.asarray([self._powers[(s - i) % n] for i in range(n)], dtype=np.float64)[:, None] for s in range(n)
+        ]
+        # Emission works on an (E, n) grid of (env, pending start) pairs, oldest start first, so that the
+        # grid's flat nonzero positions come out ordered by env, then start. Tables indexed by position:
+        self._age = np.tile(np.arange(n - 1, -1, -1, dtype=np.int64), e)  # steps since the start
+        self._age_grid = self._age.reshape(e, n)
+        self._oldest = np.tile(np.arange(n) == 0, e).reshape(e, n)
+        self._env_of = np.repeat(np.arange(e, dtype=np.int64), n)
+        self._discount_of = np.asarray([self._powers[k + 1] for k in self._age], dtype=np.float32)
+        # Per slot just written: each position's row in the flattened (n * E) ring buffers.
+        self._ring_row = [(s - self._age) % n * e + self._env_of for s in range(n)]
 
     @property
     def pending(self) -> np.ndarray:
@@ -123,13 +147,15 @@ class NStepBuilder:
         terminated: np.ndarray,
         truncated: np.ndarray,
         next_obs: np.ndarray,
+        action_values: np.ndarray | None = None,
     ) -> NStepTransitions | None:
         """Record one vector step and return the transitions it completes, or None.
 
         ``next_obs`` must be the true next observation of each env (the final
         observation for envs whose episode ended this step, see
-        :func:`true_next_obs`). Rows of the result are ordered by env index,
-        then by start step.
+        :func:`true_next_obs`). ``action_values`` (optional, (E,)) is each
+        env's Q(obs, action), handed back with the transitions that start here.
+        Rows of the result are ordered by env index, then by start step.
         """
         e = self.num_envs
         obs = np.asarray(obs)
@@ -149,79 +175,46 @@ class NStepBuilder:
         ):
             if arr.shape != (e,):
                 raise ValueError(f"{name} must have shape ({e},), got {arr.shape}")
+        if action_values is not None and np.shape(action_values) != (e,):
+            raise ValueError(f"action_values must have shape ({e},), got {np.shape(action_values)}")
 
         n = self.n
         slot = self._slot
         self._obs[slot] = obs
         self._act[slot] = actions
-        self._rew[slot] = rewards
+        self._value[slot] = np.nan if action_values is None else action_values
+        self._return[slot] = 0.0
+        self._return += self._term_power[slot] * rewards  # term j = age of each pending start
         self._slot = (slot + 1) % n
-        self._count += 1
+        count = self._count
+        count += self._one
 
+        # Envs whose episode ended flush every pending start (k = count .. 1 steps); the others emit
+        # their oldest start (k = n) if the window is full. count_nonzero and nonzero rather than any and
+        # flatnonzero: this runs every vector step, and they cost a fraction.
         done = terminated | truncated
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-
-        # Common path: envs with a full window and no episode end emit the
-        # transition starting n-1 steps ago (the oldest slot, i.e. slot + 1).
-        full = np.flatnonzero((self._count == n) & ~done)
-        if full.size:
-            start = (slot + 1) % n
-            acc = np.zeros(full.size, dtype=np.float64)
-            for j in range(n):
-                acc += self._powers[j] * self._rew[(start + j) % n, full]
-            parts.append(
-                (
-                    full,
-                    np.full(full.size, start, dtype=np.int64),
-                    acc,
-                    np.full(full.size, self._powers[n], dtype=np.float64),
-                    full,
-                )
-            )
-            self._count[full] = n - 1
-
-        # Rare path: flush every pending start of envs whose episode ended.
-        for env in np.flatnonzero(done):
-            c = int(self._count[env])
-            env_idx = np.full(c, env, dtype=np.int64)
-            starts = np.empty(c, dtype=np.int64)
-            sums = np.empty(c, dtype=np.float64)
-            discounts = np.empty(c, dtype=np.float64)
-            for m in range(c):
-                k = c - m  # steps from this start through the final step
-                start = (slot - k + 1) % n
-                total = 0.0
-                for j in range(k):
-                    total += self._powers[j] * float(self._rew[(start + j) % n, env])
-                starts[m] = start
-                sums[m] = total
-                discounts[m] = 0.0 if terminated[env] else self._powers[k]
-            parts.append((env_idx, starts, sums, discounts, env_idx))
-            self._count[env] = 0
-
-        if not parts:
+        emit = self._age_grid < count[:, None]
+        emit &= done[:, None] | self._oldest
+        position = emit.ravel().nonzero()[0]
+        if position.size == 0:
             return None
-        env_index = np.concatenate([p[0] for p in parts])
-        slots = np.concatenate([p[1] for p in parts])
-        reward = np.concatenate([p[2] for p in parts])
-        discount = np.concatenate([p[3] for p in parts])
-        if len(parts) > 1:
-            # Both blocks are already sorted by start within an env and each
-            # env appears in only one block, so a stable sort by env suffices.
-            order = np.argsort(env_index, kind="stable")
-            env_index, slots, reward, discount = (
-                env_index[order],
-                slots[order],
-                reward[order],
-                discount[order],
-            )
+        env_index = self._env_of.take(position)
+        row = self._ring_row[slot].take(position)
+        discount = self._discount_of.take(position)
+        ended = done.take(env_index)
+        if np.count_nonzero(terminated):
+            discount[terminated.take(env_index)] = 0.0
+        np.minimum(count, self._most_pending, out=count)
+        count[done] = 0
         return NStepTransitions(
-            obs=self._obs[slots, env_index],  # fancy indexing copies
-            action=self._act[slots, env_index],
-            reward=reward.astype(np.float32),
-            discount=discount.astype(np.float32),
-            next_obs=next_obs[env_index].astype(self.obs_dtype, copy=True),
+            obs=self._obs.reshape(n * self.num_envs, *self.obs_shape).take(row, axis=0),
+            action=self._act.ravel().take(row),
+            reward=self._return.ravel().take(row).astype(np.float32),
+            discount=discount,
+            next_obs=next_obs.take(env_index, axis=0).astype(self.obs_dtype, copy=False),
             env_index=env_index,
+            action_value=self._value.ravel().take(row),
+            ended=ended,
         )
 
 
@@ -239,7 +232,7 @@ def true_next_obs(
     truncation bootstraps) need the latter.
     """
     out = np.array(next_obs, copy=True)
-    done = np.flatnonzero(np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+    done = (np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)).nonzero()[0]
     if done.size == 0:
         return out
     final = info.get("final_obs")

@@ -83,6 +83,8 @@ class NumpyForward:
     At 4 to 16 rows per call torch's fixed cost per operator is most of the forward pass (about 0.35 ms
     for 16 CartPole envs, against about 0.05 ms here). The arrays are views of the network's own
     parameters, so weights loaded into the network in place (load_numpy_weights) are seen at once.
+    Activations are kept transposed (features x rows): for a few rows, weight @ x runs about twice as
+    fast in OpenBLAS as x @ weight.T. The result is returned as a (rows, actions) transposed view.
     """
 
     def __init__(self, net: QNetwork) -> None:
@@ -94,21 +96,31 @@ class NumpyForward:
         self.heads = [_views(net.value), _views(net.advantage)] if net.dueling else [_views(net.q)]
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1).T
         for weight, bias in self.torso:
-            x = x @ weight.T
+            x = weight @ x
             x += bias
             np.maximum(x, 0.0, out=x)
         if not self.dueling:
             ((weight, bias),) = self.heads
-            return x @ weight.T + bias
+            q = weight @ x
+            q += bias
+            return q.T
         (vw, vb), (aw, ab) = self.heads
-        advantage = x @ aw.T + ab
-        return (x @ vw.T + vb) + advantage - advantage.mean(axis=1, keepdims=True)
+        advantage = aw @ x
+        advantage += ab
+        mean = advantage.sum(axis=0, keepdims=True)  # sum, then divide: what mean() does, minus its overhead
+        mean /= advantage.shape[0]
+        q = vw @ x
+        q += vb
+        q = q + advantage
+        q -= mean
+        return q.T
 
 
 def _views(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    return linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    """(weight, bias as a column): views of the layer's parameters, for activations laid out features x rows."""
+    return linear.weight.detach().numpy(), linear.bias.detach().numpy()[:, None]
 
 
 def q_function(net: QNetwork):
@@ -146,4 +158,7 @@ def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> No
         # wrapping is safe and saves copying every parameter twice (6.75 MB for the Nature CNN).
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for name, tensor in state.items():
-            tensor.copy_(torch.from_numpy(np.asarray(arrays[name])))
+            if tensor.device.type == "cpu":  # numpy's copy is about a fifth faster than torch's here
+                np.copyto(tensor.numpy(), arrays[name], casting="same_kind")
+            else:
+                tensor.copy_(torch.from_numpy(np.asarray(arrays[name])))

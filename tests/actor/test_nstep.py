@@ -252,6 +252,32 @@ def test_stored_inputs_are_copied() -> None:
     assert out.reward[0] == pytest.approx(5.23)
 
 
+def test_action_values_follow_their_start_step_and_ended_marks_flushed_rows() -> None:
+    b = make(num_envs=2)
+    obs = np.zeros((2, 2), np.float32)
+    no = np.zeros(2, bool)
+    outs = []
+    for t in range(4):
+        term = np.array([t == 3, False])
+        outs.append(b.add(obs, np.zeros(2, np.int64), np.ones(2), term, no, obs, np.array([t, 10 + t], np.float32)))
+    assert outs[1] is None
+    assert outs[2] is not None
+    assert outs[2].action_value.tolist() == [0.0, 10.0] and outs[2].ended.tolist() == [False, False]
+    # Env 0 ends at step 3 and flushes all its pending starts (1, 2, 3); env 1 emits start 1 as usual.
+    out = outs[3]
+    assert out is not None
+    assert out.env_index.tolist() == [0, 0, 0, 1]
+    assert out.action_value.tolist() == [1.0, 2.0, 3.0, 11.0]
+    assert out.ended.tolist() == [True, True, True, False]
+
+
+def test_action_values_are_nan_when_not_given() -> None:
+    outs = drive(make(), [[1.0], [2.0], [3.0]])
+    out = outs[2]
+    assert out is not None
+    assert np.isnan(out.action_value).all() and out.action_value.dtype == np.float32
+
+
 def test_reset_drops_pending() -> None:
     b = make(num_envs=2)
     drive(b, [[1.0, 1.0], [1.0, 1.0]])
@@ -503,7 +529,14 @@ def test_property_matches_reference(
             tr.terminated.append(bool(term[t, e]))
             tr.truncated.append(bool(trunc[t, e]))
             tr.next_obs.append(nxt[e].copy())
-        got += builder_rows(t, b.add(obs, actions, rewards[t], term[t], trunc[t], nxt))
+        out = b.add(obs, actions, rewards[t], term[t], trunc[t], nxt, action_values=(t * 10 + env_ids) / 4)
+        got += builder_rows(t, out)
+        if out is not None:
+            # Each row carries the value given with its start step, and says whether an episode end flushed it.
+            start = out.obs[:, 0]
+            np.testing.assert_array_equal(out.action_value, ((start * 10 + out.env_index) / 4).astype(np.float32))
+            assert out.action_value.dtype == np.float32
+            np.testing.assert_array_equal(out.ended, done[out.env_index])
 
     want, want_pending = reference(trajs, n, gamma)
     assert_same_rows(got, want)

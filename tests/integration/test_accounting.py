@@ -149,7 +149,9 @@ def test_sent_equals_stored_plus_rejected_plus_dropped_per_actor(cluster: Cluste
         stream, sent, dropped = found[-1][0], int(found[-1][1]), int(found[-1][2])
         row = streams[stream]
         # The actor's own count of what it handed to its socket, against replay's books for that stream.
-        assert row["closed"] and row["sent"] == sent and row["actor_dropped"] == dropped, report
+        assert row["closed"] and row["sent"] == sent and row["actor_dropped"] == dropped, (
+            f"{report}\n{cluster.diagnostics()}"
+        )
         rejected = sum(row["rejected"].values())
         assert row["stored"] + rejected + row["dropped"] + row["lost"] == sent, report
         assert row["lost"] == 0, f"{name}: no connection broke, yet transitions were lost\n{report}"
