@@ -144,6 +144,11 @@ def weights_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {name: t.detach().to("cpu", copy=True).contiguous().numpy() for name, t in model.state_dict().items()}
 
 
+def parameter_views(model: nn.Module) -> dict[str, np.ndarray]:
+    """Parameters and buffers of a CPU model as numpy views, no copy: valid only until they next change."""
+    return {name: t.detach().numpy() for name, t in model.state_dict().items()}
+
+
 def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Apply received weights after checking names and shapes; a mismatch raises ValueError."""
     state = model.state_dict()

@@ -4,11 +4,12 @@ It owns two sockets: a ROUTER where actors and evaluators say hello (and get the
 global index back), ask for the current weights, and send episode statistics and evaluation results;
 and the PUB socket on which every new weight version and the final stop are broadcast. Publishing from
 this thread keeps the update loop from ever waiting on a slow subscriber. Each version also goes into a
-shared-memory file (`common.shared_weights`) announced by a small `weights_ref`: actors on this host
-read it from there and unsubscribe from the full weights, which then cross the network only to
-actors elsewhere. The same loop logs peers
-whose connection to either socket is lost or comes back (`common.monitor`); which actor went quiet is
-told by `report_silent_actors`, from the statistics it stopped sending.
+shared-memory file (`common.shared_weights`), written by the update loop's own call (one copy of the
+parameters, where they are going) and announced by a small `weights_ref`: actors on this host read it
+from there and unsubscribe from the full weights, which this thread then copies out of the file for
+actors elsewhere. The same loop logs peers whose connection to either socket is lost or comes back
+(`common.monitor`); which actor went quiet is told by `report_silent_actors`, from the statistics it
+stopped sending.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +29,14 @@ import zmq
 from common.config import RunConfig
 from common.monitor import ConnectionMonitor
 from common.security import ServerSecurity, require_secure_bind, secure_server
-from common.shared_weights import LayoutMismatch, NonFinite, SharedWeightsWriter, available
+from common.shared_weights import (
+    LayoutMismatch,
+    NonFinite,
+    SharedWeightsReader,
+    SharedWeightsUnavailable,
+    SharedWeightsWriter,
+    available,
+)
 from common.sockets import bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 
@@ -56,7 +65,9 @@ class ControlServer(threading.Thread):
         self._lock = threading.Lock()
         self._weights: tuple[int, dict[str, np.ndarray]] | None = None
         self._publish_pending = False
-        self._shared: SharedWeightsWriter | None = None
+        self._pending: tuple[int, dict[str, np.ndarray] | None, dict[str, str] | None] | None = None
+        self._shared: SharedWeightsWriter | None = None  # written by the update loop's thread
+        self._shared_reader: SharedWeightsReader | None = None  # read by the control thread
         self._shared_wanted = config.net.shared_memory_weights and available()
         self._shared_announced = False
         self._stop_reason: str | None = None
@@ -93,11 +104,51 @@ class ControlServer(threading.Thread):
         self._wake_tx.connect(wake_address)
 
     # ---- called from the update loop ----------------------------------------------------------
-    def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> None:
+    def set_weights(self, version: int, arrays: Mapping[str, np.ndarray], *, live: bool = False) -> None:
+        """Publish a new version. `live` arrays are views of parameters the caller goes on training.
+
+        With shared memory on, the arrays go into the file here and now, the one copy on the way to
+        local actors, and the control thread copies them back out for the broadcast and `get_weights`
+        after the notice is out. Otherwise live arrays are copied before this returns.
+        """
+        ref = self._write_shared(version, arrays)
+        snapshot = None
+        if ref is None or not ref["path"]:
+            snapshot = {name: np.array(a) for name, a in arrays.items()} if live else dict(arrays)
         with self._lock:
-            self._weights = (version, arrays)
+            self._pending = (version, snapshot, ref)
             self._publish_pending = True
         self._wake()
+
+    def set_shared_memory(self, enabled: bool) -> None:
+        """Turn shared-memory weights on or off from the next publication (the benchmark compares both).
+        Call it from the thread that calls set_weights."""
+        self._shared_wanted = enabled and available()
+
+    def _write_shared(self, version: int, arrays: Mapping[str, np.ndarray]) -> dict[str, str] | None:
+        """Write the shared-memory copy; what the notice should say, or None when there is no file to name.
+
+        Once a file has been announced, a learner that stops writing it (turned off, or /dev/shm full)
+        says so in every notice from then on (an empty path), so actors that unsubscribed from the full
+        weights take the broadcast again instead of waiting on a file that no longer changes."""
+        if self._shared_wanted:
+            try:
+                if self._shared is None:
+                    self._shared = SharedWeightsWriter(self.run_id, arrays)
+                    self._shared_announced = True
+                    log.info("weights also in shared memory for actors on this host: %s", self._shared.path)
+                self._shared.write(version, arrays)
+                return {"path": self._shared.path, "token": self._shared.token}
+            except NonFinite as err:  # the file keeps the last good version; the broadcast's are refused
+                log.warning("not sharing weights: %s", err)
+                return None
+            except (OSError, LayoutMismatch) as err:
+                log.warning("shared-memory weights off, the broadcast carries them all: %s", err)
+                self._shared_wanted = False
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+        return {"path": "", "token": ""} if self._shared_announced else None
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -162,42 +213,38 @@ class ControlServer(threading.Thread):
     def _publish(self) -> None:
         with self._lock:
             self._publish_pending = False
-            version, arrays = self._weights  # type: ignore[misc]
+            version, arrays, ref = self._pending  # type: ignore[misc]
         meta = {"version": version, "run_id": self.run_id}
-        ref = self._shared_ref(version, arrays)
         if ref is not None:
             self.pub.send_multipart(self._encode("weights_ref", {**meta, **ref}))
+        if arrays is None:  # in the shared-memory file only: copy it out, after local actors have it
+            got = self._read_shared(ref["path"], ref["token"])  # type: ignore[index]
+            if got is None:
+                return  # overtaken by newer versions, which are pending already
+            version, arrays = got
+            meta["version"] = version
+        with self._lock:
+            self._weights = (version, arrays)
         # PUB filters by subscription: with every actor on this host, these bytes go nowhere.
         self.pub.send_multipart(self._encode("weights", meta, arrays), copy=False)
 
-    def set_shared_memory(self, enabled: bool) -> None:
-        """Turn shared-memory weights on or off from the next publication (the benchmark compares both)."""
-        self._shared_wanted = enabled and available()
-
-    def _shared_ref(self, version: int, arrays: dict[str, np.ndarray]) -> dict[str, str] | None:
-        """Write the shared-memory copy; what the notice should say, or None when there is no file to name.
-
-        Once a file has been announced, a learner that stops writing it (turned off, or /dev/shm full)
-        says so in every notice from then on (an empty path), so actors that unsubscribed from the full
-        weights take the broadcast again instead of waiting on a file that no longer changes."""
-        if self._shared_wanted:
+    def _read_shared(self, path: str, token: str) -> tuple[int, dict[str, np.ndarray]] | None:
+        if self._shared_reader is None or self._shared_reader.path != path:
+            self._close_shared_reader()
             try:
-                if self._shared is None:
-                    self._shared = SharedWeightsWriter(self.run_id, arrays)
-                    self._shared_announced = True
-                    log.info("weights also in shared memory for actors on this host: %s", self._shared.path)
-                self._shared.write(version, arrays)
-                return {"path": self._shared.path, "token": self._shared.token}
-            except NonFinite as err:  # the file keeps the last good version; the broadcast's are refused
-                log.warning("not sharing weights: %s", err)
+                self._shared_reader = SharedWeightsReader(path, token)
+            except SharedWeightsUnavailable as err:  # removed meanwhile: sharing was just turned off
+                log.debug("shared-memory weights gone before the broadcast copy: %s", err)
                 return None
-            except (OSError, LayoutMismatch) as err:
-                log.warning("shared-memory weights off, the broadcast carries them all: %s", err)
-                self._shared_wanted = False
-        self._close_shared()
-        return {"path": "", "token": ""} if self._shared_announced else None
+        return self._shared_reader.read(attempts=10)
+
+    def _close_shared_reader(self) -> None:
+        if self._shared_reader is not None:
+            self._shared_reader.close()
+            self._shared_reader = None
 
     def _close_shared(self) -> None:
+        self._close_shared_reader()
         if self._shared is not None:
             self._shared.close()
             self._shared = None

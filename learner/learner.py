@@ -21,7 +21,7 @@ import zmq
 
 from common.config import RunConfig, save_config
 from common.envs import EnvSpec
-from common.networks import QNetwork, weights_to_numpy
+from common.networks import QNetwork, parameter_views, weights_to_numpy
 from common.runlog import RunLog
 from common.security import ClientSecurity
 from learner.checkpoint import load_checkpoint, save_checkpoint
@@ -184,7 +184,10 @@ class Learner:
 
     def publish(self) -> None:
         self.version += 1
-        self.control.set_weights(self.version, weights_to_numpy(self.online))
+        if self.device.type == "cpu":  # views: the control server copies them once, where they are going
+            self.control.set_weights(self.version, parameter_views(self.online), live=True)
+        else:
+            self.control.set_weights(self.version, weights_to_numpy(self.online))
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, stop_event) -> Outcome:  # noqa: C901 - one loop, grouped by concern

@@ -224,3 +224,30 @@ def test_actors_go_back_to_the_broadcast_when_the_learner_stops_writing_its_file
         link.close()
         control.close()
         ctx.destroy(linger=0)
+
+
+def test_live_parameters_are_published_as_they_were_when_handed_over() -> None:
+    """The learner hands over views of parameters it goes on training; both paths must carry the values
+    of the moment of publication, not of the next optimizer step."""
+    for overrides in ([], ["net.shared_memory_weights=false"]):
+        config = _config(*overrides)
+        ctx = zmq.Context()
+        control = ControlServer(config, ctx)
+        control.start()
+        local, remote = _link(config, ctx), _link(config, ctx, shared_memory=False)
+        try:
+            for link in (local, remote):
+                _publish_until(control, link, 1)
+            live = _weights(0)
+            version = max(local.version, remote.version) + 1
+            control.set_weights(version, live, live=True)
+            for array in live.values():
+                array += 1000  # the next optimizer step, right after the call returns
+            for link in (local, remote):
+                msg = _newest(link, version)
+                assert (msg.arrays["w"] == 0).all() and (msg.arrays["b"] == 0).all(), msg.sender
+        finally:
+            local.close()
+            remote.close()
+            control.close()
+            ctx.destroy(linger=0)
