@@ -54,7 +54,8 @@ class Trainer:
 
 
 def wire_window(trainer: Trainer, duration: float) -> tuple[float, float]:
-    """(updates/s, fraction of the window spent waiting in get_batch)."""
+    """(updates/s, fraction of the window spent in get_batch: waiting, and on a CPU learner, whose client
+    works inline, also receiving and decoding the batch)."""
     client = trainer.learner.replay
     updates, waited = 0, 0.0
     began = time.monotonic()
@@ -186,7 +187,7 @@ def main() -> int:
     }
     bench.print_table(
         f"{NAME} ({args.net} on {device}, batch {batch_size}, medians of {args.repeats} x {args.duration:g} s)",
-        ["feed", "updates/s", "min", "max", "transitions/s", "waiting %"],
+        ["feed", "updates/s", "min", "max", "transitions/s", "in get_batch %"],
         [
             [
                 "over the wire (ReplayClient)",

@@ -29,6 +29,8 @@ MAX_ARRAYS = 256
 MAX_RANK = 8
 MAX_HEADER_BYTES = 1 << 20
 _LITTLE_ENDIAN = np.little_endian
+# name -> (little-endian dtype, is floating point), built once: np.dtype() per array is slow at this scale
+_WIRE_DTYPES = {name: (np.dtype(name).newbyteorder("<"), np.dtype(name).kind == "f") for name in ALLOWED_DTYPES}
 
 
 class DecodeError(ValueError):
@@ -323,18 +325,20 @@ def _check_meta(kind: str, schema: Schema, meta: dict[str, Any]) -> None:
 
 
 def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:
-    if not (isinstance(spec, list) and len(spec) == 3):
+    # `type(x) is int` also refuses booleans; the checks run per array of every message, so each counts.
+    if type(spec) is not list or len(spec) != 3:
         raise DecodeError("bad_array", "spec must be [name, dtype, shape]")
     name, dtype, shape = spec
-    if not isinstance(name, str) or not name or len(name) > 256:
+    if type(name) is not str or not name or len(name) > 256:
         raise DecodeError("bad_array", "name")
-    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:  # a list/map is unhashable
+    if type(dtype) is not str or dtype not in _WIRE_DTYPES:  # a list/map is unhashable
         raise DecodeError("bad_dtype", f"{name}: {str(dtype)[:32]}")
-    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+    if type(shape) is not list or len(shape) > MAX_RANK:
         raise DecodeError("bad_shape", f"{name}: shape")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
-        raise DecodeError("bad_shape", f"{name}: dimensions")
-    np_dtype = np.dtype(dtype).newbyteorder("<")
+    for d in shape:
+        if type(d) is not int or not 0 <= d < 2**40:
+            raise DecodeError("bad_shape", f"{name}: dimensions")
+    np_dtype, is_float = _WIRE_DTYPES[dtype]
     buffer = _frame_bytes(frame)
     expected = math.prod(shape) * np_dtype.itemsize
     if len(buffer) != expected:
@@ -343,7 +347,7 @@ def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:
         array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
     except ValueError:
         raise DecodeError("bad_shape", f"{name}: too large") from None
-    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+    if is_float and expected and not np.isfinite(array).all():
         raise DecodeError("non_finite", name)
     return name, array
 

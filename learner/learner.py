@@ -1,7 +1,8 @@
 """The learner: Double/Dueling n-step DQN updates from replay, weights out to the actors, the run log.
 
-The update loop only trains: batches arrive prefetched (ReplayClient), priorities leave through a queue,
-and weights are handed to the control thread, which publishes them. Everything the learner must save
+The update loop only trains: batches arrive prefetched (ReplayClient: by a thread on CUDA, inline on
+CPU), priorities go back the same way, and weights are handed to the control server, which publishes
+them. Everything the learner must save
 to resume is in `state_dict`, and that is exactly what a checkpoint holds.
 """
 
