@@ -24,6 +24,7 @@ import secrets
 import socket
 import stat
 import struct
+import weakref
 from collections.abc import Callable, Mapping
 
 import msgpack
@@ -104,6 +105,13 @@ def remove_stale(directory: str = SHM_DIR) -> list[str]:
     return removed
 
 
+def _unlink_quietly(path: str, owner_pid: int) -> None:
+    if os.getpid() != owner_pid:  # a forked child exiting: the file is its parent's
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -144,6 +152,8 @@ class SharedWeightsWriter:
             raise
         finally:
             os.close(fd)
+        # Removed at close(), or when the writer is collected or the interpreter exits without one.
+        self._remove_file = weakref.finalize(self, _unlink_quietly, self.path, os.getpid())
         self._mm[LAYOUT_AT : LAYOUT_AT + len(header)] = header
         self._slots = _slot_table(self._mm)
         self._slots[:, 0] = 0
@@ -175,8 +185,7 @@ class SharedWeightsWriter:
         """Remove the file; actors still holding it keep their mapping until they let go."""
         if self._mm.closed:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._remove_file()
         self._slot_views = []
         self._slots = None  # type: ignore[assignment]
         self._mm.close()
