@@ -5,10 +5,12 @@ Real sockets and a real ControlServer; the actor side is the real LearnerLink.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -65,13 +67,35 @@ def _publish_until(control: ControlServer, link: LearnerLink, first: int, value:
     raise AssertionError("no weights reached the link")
 
 
-def test_a_local_actor_switches_to_shared_memory_and_stops_receiving_the_full_weights() -> None:
-    config = _config()
+@contextlib.contextmanager
+def _learner_and_links(*overrides: str, links: tuple[bool, ...] = (True,)) -> Iterator[tuple]:
+    """A real ControlServer and joined links (True: may use shared memory), all closed afterwards."""
+    config = _config(*overrides)
     ctx = zmq.Context()
     control = ControlServer(config, ctx)
     control.start()
-    link = _link(config, ctx)
+    joined = [_link(config, ctx, shared_memory=prefer) for prefer in links]
     try:
+        yield (control, *joined)
+    finally:
+        for link in joined:
+            link.close()
+        control.close()
+        ctx.destroy(linger=0)
+
+
+def _publish_while(control: ControlServer, link: LearnerLink, condition, what: str) -> None:
+    """Publish newer versions until `condition()` is false, draining the link between them."""
+    deadline = time.monotonic() + 10
+    while condition():
+        assert time.monotonic() < deadline, what
+        control.set_weights(link.version + 1, _weights(link.version + 1))
+        time.sleep(0.02)
+        link.newest_weights()
+
+
+def test_a_local_actor_switches_to_shared_memory_and_stops_receiving_the_full_weights() -> None:
+    with _learner_and_links() as (control, link):
         first = _publish_until(control, link, 1)
         assert link.shared is not None, "the notice never switched the link to shared memory"
         assert link.shared.path.startswith("/dev/shm/distdqn-weights-")
@@ -99,30 +123,17 @@ def test_a_local_actor_switches_to_shared_memory_and_stops_receiving_the_full_we
         assert link.newest_weights() is None
         assert link.received["broadcast"] == settled, "full weights still reach a shared-memory actor"
         assert link.received["shared_memory"] >= 6 and settled - by_broadcast <= 2
-    finally:
-        link.close()
-        control.close()
-        ctx.destroy(linger=0)
     assert not os.path.exists(path), "the learner left its shared-memory file behind"
 
 
 def test_the_broadcast_carries_everything_when_shared_memory_is_off_or_unwanted() -> None:
     for overrides, prefer in ((["net.shared_memory_weights=false"], True), ([], False)):
-        config = _config(*overrides)
-        ctx = zmq.Context()
-        control = ControlServer(config, ctx)
-        control.start()
-        link = _link(config, ctx, shared_memory=prefer)
-        try:
+        with _learner_and_links(*overrides, links=(prefer,)) as (control, link):
             first = _publish_until(control, link, 1)
             for version in range(first.meta["version"] + 1, first.meta["version"] + 4):
                 control.set_weights(version, _weights(version))
                 assert _newest(link, version).sender.startswith("learner")
             assert link.shared is None and link.received["shared_memory"] == 0
-        finally:
-            link.close()
-            control.close()
-            ctx.destroy(linger=0)
 
 
 def test_a_file_this_actor_cannot_open_leaves_it_on_the_broadcast() -> None:
@@ -173,11 +184,13 @@ def test_a_restarted_learner_on_the_same_host_is_followed_to_its_new_file() -> N
         control.start()
         _publish_until(control, link, 1, value=1000)
         assert link.learner_run_id == control.run_id
-        deadline = time.monotonic() + 5
-        while (link.shared is None or link.shared.path == old_path) and time.monotonic() < deadline:
-            control.set_weights(link.version + 1, _weights(1000 + link.version + 1))
-            _newest(link, link.version + 1)
-        assert link.shared is not None and link.shared.path != old_path
+        _publish_while(
+            control,
+            link,
+            lambda: link.shared is None or link.shared.path == old_path,
+            "the actor never took the restarted learner's file",
+        )
+        assert link.shared is not None
         assert link.shared.run_id == control.run_id
         assert not os.path.exists(old_path)
     finally:
@@ -189,53 +202,34 @@ def test_a_restarted_learner_on_the_same_host_is_followed_to_its_new_file() -> N
 
 def test_actors_go_back_to_the_broadcast_when_the_learner_stops_writing_its_file() -> None:
     """A learner whose /dev/shm fills up turns sharing off; actors must not wait on a frozen file."""
-    config = _config()
-    ctx = zmq.Context()
-    control = ControlServer(config, ctx)
-    control.start()
-    link = _link(config, ctx)
-    try:
+    with _learner_and_links() as (control, link):
         _publish_until(control, link, 1)
         assert link.shared is not None
         first_path = link.shared.path
         control.set_shared_memory(False)
-        deadline = time.monotonic() + 10
-        while link.received["broadcast"] == 0 or link.shared is not None:
-            assert time.monotonic() < deadline, "the actor never went back to the broadcast"
-            control.set_weights(link.version + 1, _weights(link.version + 1))
-            time.sleep(0.02)
-            link.newest_weights()
+        _publish_while(
+            control,
+            link,
+            lambda: link.received["broadcast"] == 0 or link.shared is not None,
+            "the actor never went back to the broadcast",
+        )
         assert not os.path.exists(first_path)
         version = link.version + 1
         control.set_weights(version, _weights(version))
         assert _newest(link, version).sender.startswith("learner")
         control.set_shared_memory(True)  # and back: a new file
-        deadline = time.monotonic() + 10
-        while link.shared is None:
-            assert time.monotonic() < deadline, "the actor never took the new file"
-            control.set_weights(link.version + 1, _weights(link.version + 1))
-            time.sleep(0.02)
-            link.newest_weights()
-        assert link.shared.path != first_path
+        _publish_while(control, link, lambda: link.shared is None, "the actor never took the new file")
+        assert link.shared is not None and link.shared.path != first_path
         version = link.version + 1
         control.set_weights(version, _weights(version))
         assert _newest(link, version).sender == "shared-memory"
-    finally:
-        link.close()
-        control.close()
-        ctx.destroy(linger=0)
 
 
 def test_live_parameters_are_published_as_they_were_when_handed_over() -> None:
     """The learner hands over views of parameters it goes on training; both paths must carry the values
     of the moment of publication, not of the next optimizer step."""
     for overrides in ([], ["net.shared_memory_weights=false"]):
-        config = _config(*overrides)
-        ctx = zmq.Context()
-        control = ControlServer(config, ctx)
-        control.start()
-        local, remote = _link(config, ctx), _link(config, ctx, shared_memory=False)
-        try:
+        with _learner_and_links(*overrides, links=(True, False)) as (control, local, remote):
             for link in (local, remote):
                 _publish_until(control, link, 1)
             live = _weights(0)
@@ -246,8 +240,3 @@ def test_live_parameters_are_published_as_they_were_when_handed_over() -> None:
             for link in (local, remote):
                 msg = _newest(link, version)
                 assert (msg.arrays["w"] == 0).all() and (msg.arrays["b"] == 0).all(), msg.sender
-        finally:
-            local.close()
-            remote.close()
-            control.close()
-            ctx.destroy(linger=0)
