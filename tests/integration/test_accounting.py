@@ -6,6 +6,8 @@ garbage and invalid batches, and a shutdown while replay is hung, where an actor
 send. Afterwards, for every actor that exited, the totals it logged itself must equal the replay
 server's ledger for its stream: sent = stored + rejected + dropped + lost, with lost = 0 because no
 connection broke. The killed actor's stream stays open; what reached replay of it must still add up.
+So does, as documented, the stream of an actor whose stream_end found no room within its 4 s because
+replay was still working off the backlog of its hang: then everything that actor sent must be there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ OVERRIDES = (
     "stop.max_wall_s=300",
     "log_interval_s=1",
 )
+UNCLOSED = "ends without its totals reaching it"
 FINAL = re.compile(r"stream ([0-9a-f]+): (\d+) transitions sent, (\d+) dropped unsent")
 HANG_S = 2.0  # well under the 5 s heartbeat timeout: a hang must not break connections
 
@@ -142,16 +145,24 @@ def test_sent_equals_stored_plus_rejected_plus_dropped_per_actor(cluster: Cluste
     ledger = _ledger(cluster)
     streams = {row["stream"]: row for row in ledger["streams"]}
     report = "\n".join(json.dumps(row) for row in ledger["streams"])
-    actor_dropped = 0
+    actor_dropped, exited_streams = 0, set()
     for name in actors:
-        found = FINAL.findall(cluster.log(name))
+        log_text = cluster.log(name)
+        found = FINAL.findall(log_text)
         assert found, f"{name} logged no final totals\n{cluster.diagnostics()}"
         stream, sent, dropped = found[-1][0], int(found[-1][1]), int(found[-1][2])
+        exited_streams.add(stream)
         row = streams[stream]
-        # The actor's own count of what it handed to its socket, against replay's books for that stream.
-        assert row["closed"] and row["sent"] == sent and row["actor_dropped"] == dropped, (
-            f"{report}\n{cluster.diagnostics()}"
-        )
+        if UNCLOSED in log_text:
+            # Documented: replay was still draining the backlog of its hang when the actor's 4 s for the
+            # stream_end ran out. The stream stays open, and what the actor sent must still all be there.
+            assert not row["closed"] and row["received_upto"] - row["base"] == sent, report
+            print(f"{name}: stream {stream} left open (its stream_end found no room in time)")
+        else:
+            # The actor's own count of what it handed to its socket, against replay's books for that stream.
+            assert row["closed"] and row["sent"] == sent and row["actor_dropped"] == dropped, (
+                f"{report}\n{cluster.diagnostics()}"
+            )
         rejected = sum(row["rejected"].values())
         assert row["stored"] + rejected + row["dropped"] + row["lost"] == sent, report
         assert row["lost"] == 0, f"{name}: no connection broke, yet transitions were lost\n{report}"
@@ -162,7 +173,7 @@ def test_sent_equals_stored_plus_rejected_plus_dropped_per_actor(cluster: Cluste
     print(f"actors dropped {actor_dropped} transitions at the hung-replay shutdown")
 
     # The killed actor: its stream never closed, but everything that reached replay adds up, nothing lost.
-    (killed,) = [r for r in ledger["streams"] if r["actor_index"] == 2 and not r["closed"]]
+    (killed,) = [r for r in ledger["streams"] if r["actor_index"] == 2 and r["stream"] not in exited_streams]
     assert killed["balanced"] and killed["lost"] == 0 and killed["stored"] > 0, report
     received = killed["received_upto"] - killed["base"]
     assert killed["stored"] + sum(killed["rejected"].values()) + killed["dropped"] == received, report
