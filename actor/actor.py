@@ -169,9 +169,6 @@ class Actor:
         self.returns: list[float] = []
         self.lengths: list[int] = []
 
-    def apply(self, weights_msg) -> None:
-        load_numpy_weights(self.net, weights_msg.arrays)
-
     def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
         """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
         count = arrays["action"].shape[0]
