@@ -233,7 +233,8 @@ class LearnerLink:
             got = self.shared.read(attempts=100)
             if got is None:
                 log.warning("shared-memory weights changed faster than they could be read; retrying next step")
-                self.version = -1  # whatever `load` left is no version at all: take the next one whole
+                if load is not None:
+                    self.version = -1  # what `load` left in the network is no version at all: take the next whole
                 return None
             version, arrays = got
             if load is not None:
