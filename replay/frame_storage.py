@@ -94,7 +94,13 @@ class FrameReplayBuffer:
         self._evict_below = np.zeros(capacity, dtype=np.int64)
         self._written = 0
         self._reuse_window = min(self._frame_capacity // 4, MAX_REUSE_WINDOW)
-        self._recent: dict[int, int] = {}  # content hash -> frame number, for frames in the reuse window
+        # The reuse index: a direct-mapped table, content hash -> frame number, looked up and updated with
+        # a few vector operations a message. A slot holds the latest frame whose hash maps there, so a
+        # clash only costs a frame stored twice; numbers that left the window are ignored when looked up.
+        bits = max(4, (4 * self._reuse_window - 1).bit_length())
+        self._index_shift = np.uint64(64 - bits)
+        self._index_hash = np.zeros(1 << bits, dtype=np.uint64)
+        self._index_number = np.full(1 << bits, -1, dtype=np.int64)
 
     # ------------------------------------------------------------------ info
     @property
@@ -240,7 +246,7 @@ class FrameReplayBuffer:
         start = self._written
         hashes = frame_hashes(frames)
         numbers, new = self._number_frames(frames, hashes)
-        fresh = frames[new]
+        fresh = np.flatnonzero(new)  # message frames to write, straight into the ring (no staging copy)
         obs_numbers, next_numbers = numbers[obs_frames[rows - kept :]], numbers[next_frames[rows - kept :]]
         self._obs_slots[slots] = obs_numbers % self._frame_capacity
         self._next_slots[slots] = next_numbers % self._frame_capacity
@@ -250,8 +256,8 @@ class FrameReplayBuffer:
         self._buffer.evict_oldest(self._stale_count(start + added - self._frame_capacity))
         pos = start % self._frame_capacity
         first = min(added, self._frame_capacity - pos)
-        self._ring[pos : pos + first] = fresh[:first]
-        self._ring[: added - first] = fresh[first:]
+        np.take(frames, fresh[:first], axis=0, out=self._ring[pos : pos + first])
+        np.take(frames, fresh[first:], axis=0, out=self._ring[: added - first])
         self._written = start + added
         self._remember(hashes, new, numbers)
         return slots
@@ -263,9 +269,10 @@ class FrameReplayBuffer:
         numbers = np.full(count, -1, dtype=np.int64)
         # Reusable: in the window, and not overwritten by this message's own new frames (at most `count`).
         lowest = max(self._written - self._reuse_window, self._written + count - self._frame_capacity, 0)
-        if self._recent and count:
-            found = np.fromiter((self._recent.get(h, -1) for h in hashes.tolist()), dtype=np.int64, count=count)
-            candidates = np.flatnonzero(found >= lowest)
+        if count:
+            slot = hashes >> self._index_shift
+            found = self._index_number[slot]
+            candidates = np.flatnonzero((found >= lowest) & (self._index_hash[slot] == hashes))
             if candidates.size:
                 numbers_found = found[candidates]
                 stored = _rows(self._ring[numbers_found % self._frame_capacity])
@@ -276,13 +283,10 @@ class FrameReplayBuffer:
         return numbers, new
 
     def _remember(self, hashes: np.ndarray, new: np.ndarray, numbers: np.ndarray) -> None:
-        """Index the frames just written for reuse, and forget those that left the window."""
-        if not new.any():
-            return
-        self._recent.update(zip(hashes[new].tolist(), numbers[new].tolist(), strict=True))
-        if len(self._recent) > 2 * self._reuse_window:
-            lowest = self._written - self._reuse_window
-            self._recent = {h: n for h, n in self._recent.items() if n >= lowest}
+        """Index the frames just written for reuse (frames that left the window are skipped at lookup)."""
+        slot = hashes[new] >> self._index_shift
+        self._index_hash[slot] = hashes[new]
+        self._index_number[slot] = numbers[new]
 
     def _stale_count(self, threshold: int) -> int:
         """How many of the oldest stored transitions to evict so that none references a frame below
@@ -401,4 +405,4 @@ class FrameReplayBuffer:
         self._first_frame[...] = first_frame
         self._evict_below[...] = evict_below
         self._written = written
-        self._recent = {}  # reuse starts again with the next messages
+        self._index_number[...] = -1  # reuse starts again with the next messages

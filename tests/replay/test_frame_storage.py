@@ -236,6 +236,26 @@ def test_matches_full_stacks_through_many_wraps() -> None:
             np.testing.assert_array_equal(a.data[name], b.data[name])
 
 
+def test_reuse_index_clashes_and_hash_collisions_only_cost_storage(monkeypatch) -> None:
+    """The reuse index proposes, the byte comparison decides: with every frame hashed alike (so each
+    lookup finds the latest frame, almost never an equal one) or an index of two slots (so frames evict
+    each other's entries), stacks still rebuild exactly; only fewer frames are reused."""
+    messages = interleaved_messages(60, seed=5)
+    _, normal = run(40, 3.0, messages)
+    monkeypatch.setattr("replay.frame_storage.frame_hashes", lambda frames: np.zeros(len(frames), np.uint64))
+    _, colliding = run(40, 3.0, messages)
+    monkeypatch.undo()
+    tiny = FrameReplayBuffer(40, FIELDS, frames_per_transition=3.0, seed=0)
+    tiny._index_shift = np.uint64(63)
+    tiny._index_hash, tiny._index_number = tiny._index_hash[:2].copy(), tiny._index_number[:2].copy()
+    ref = reference(tiny, 40, True, 0)
+    for msg in messages:
+        add_both(tiny, ref, msg)
+        assert_consistent(tiny, ref)
+    assert normal.written < colliding.written <= normal.sent_frames
+    assert normal.written < ref.written <= normal.sent_frames
+
+
 @pytest.mark.parametrize("prioritized", [True, False])
 def test_frame_budget_binding_evicts_oldest_first(prioritized: bool) -> None:
     messages = interleaved_messages(150, seed=2)
