@@ -20,7 +20,6 @@ import zmq  # noqa: E402
 
 from common.cli import _Parser
 from common.errors import ConfigError
-from common.networks import load_numpy_weights
 from common.process import install_stop_handlers, run_cli, setup_logging
 from common.security import ClientSecurity
 from common.sockets import check_libzmq, parse_address
@@ -80,7 +79,7 @@ def _main() -> int:
             link.connections.watch(worker.push, "replay ingest")
         # Fetched last, once everything else is built, so the weights are as fresh as they can be.
         first = link.fetch_weights(stop)
-        load_numpy_weights(worker.net, first.arrays)
+        worker.q.load(first.arrays)
         logging.getLogger(name).info("joined run %s with weights v%d", welcome.run_id, first.meta["version"])
         worker.run(stop)
     finally:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 import zmq
 
 from actor.exploration import apex_epsilon, epsilon_greedy
@@ -29,7 +28,7 @@ from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
 from common.frame_dedup import dedup_stacks
-from common.networks import QNetwork, load_numpy_weights, q_function
+from common.policy_network import policy_network
 from common.process import derive_seed
 from common.security import secure_client
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
@@ -138,10 +137,9 @@ class Actor:
         self.spec = env_spec(config.env)
         ac = config.actor
         self.epsilon = apex_epsilon(actor_index, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha)
-        torch.set_num_threads(1)
-        torch.manual_seed(derive_seed(config.seed, 1, actor_index))
-        self.net = QNetwork(self.spec.obs_shape, self.spec.num_actions, config.network).eval()
-        self.q = q_function(self.net)  # numpy for MLPs: a few rows per call, where torch's overhead dominates
+        self.q = policy_network(  # numpy for MLPs: no torch in the process at all
+            self.spec.obs_shape, self.spec.num_actions, config.network, seed=derive_seed(config.seed, 1, actor_index)
+        )
         self.rng = np.random.default_rng(derive_seed(config.seed, 2, actor_index))
         self.env = make_vector_env(config.env, config.env.num_envs)
         self.nstep = NStepBuilder(
@@ -206,10 +204,7 @@ class Actor:
         return False
 
     def _take_weights(self) -> None:
-        self.link.newest_weights(self._load)  # from shared memory: straight into the network, one copy
-
-    def _load(self, arrays) -> None:
-        load_numpy_weights(self.net, arrays)
+        self.link.newest_weights(self.q.load)  # from shared memory: straight into the network, one copy
 
     def _report(self, steps_per_s: float) -> None:
         meta = {

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from actor.exploration import epsilon_greedy
 from actor.link import LearnerLink
 from common.config import RunConfig
 from common.envs import env_spec, make_vector_env
-from common.networks import QNetwork, load_numpy_weights, q_function
+from common.policy_network import policy_network
 from common.process import derive_seed
 
 log = logging.getLogger(__name__)
@@ -30,9 +28,7 @@ class Evaluator:
         self.link = link
         self.config = config
         spec = env_spec(config.env)
-        torch.set_num_threads(1)
-        self.net = QNetwork(spec.obs_shape, spec.num_actions, config.network).eval()
-        self.q = q_function(self.net)
+        self.q = policy_network(spec.obs_shape, spec.num_actions, config.network, seed=derive_seed(config.seed, 3))
         self.rng = np.random.default_rng(derive_seed(config.seed, 4))
         self.evaluations = 0
 
@@ -56,15 +52,12 @@ class Evaluator:
         self.evaluations += 1
         return returns.astype(np.float32), lengths
 
-    def _load(self, arrays: Mapping[str, np.ndarray]) -> None:
-        load_numpy_weights(self.net, arrays)
-
     def run(self, stop: threading.Event) -> None:
         interval = self.config.eval.interval_s
         evaluated_version = -1
         next_start = time.monotonic()
         while not stop.is_set() and self.link.stop_reason is None:
-            self.link.newest_weights(self._load)
+            self.link.newest_weights(self.q.load)
             if time.monotonic() < next_start or self.link.version == evaluated_version:
                 time.sleep(0.05)
                 continue

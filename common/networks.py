@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from common.config import NetworkConfig
+from common.policy_network import check_weights
 
 
 class MLPTorso(nn.Module):
@@ -77,64 +78,6 @@ class QNetwork(nn.Module):
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
-class NumpyForward:
-    """Q(s, .) of an MLP QNetwork computed with numpy, for actors choosing actions a few rows at a time.
-
-    At 4 to 16 rows per call torch's fixed cost per operator is most of the forward pass (about 0.35 ms
-    for 16 CartPole envs, against about 0.05 ms here). The arrays are views of the network's own
-    parameters, so weights loaded into the network in place (load_numpy_weights) are seen at once.
-    Activations are kept transposed (features x rows): for a few rows, weight @ x runs about twice as
-    fast in OpenBLAS as x @ weight.T. The result is returned as a (rows, actions) transposed view.
-    """
-
-    def __init__(self, net: QNetwork) -> None:
-        if not isinstance(net.torso, MLPTorso):
-            raise ValueError("NumpyForward covers the MLP torso only")
-        linears = [m for m in net.torso.layers if isinstance(m, nn.Linear)]
-        self.torso = [_views(m) for m in linears]
-        self.dueling = net.dueling
-        self.heads = [_views(net.value), _views(net.advantage)] if net.dueling else [_views(net.q)]
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1).T
-        for weight, bias in self.torso:
-            x = weight @ x
-            x += bias
-            np.maximum(x, 0.0, out=x)
-        if not self.dueling:
-            ((weight, bias),) = self.heads
-            q = weight @ x
-            q += bias
-            return q.T
-        (vw, vb), (aw, ab) = self.heads
-        advantage = aw @ x
-        advantage += ab
-        mean = advantage.sum(axis=0, keepdims=True)  # sum, then divide: what mean() does, minus its overhead
-        mean /= advantage.shape[0]
-        q = vw @ x
-        q += vb
-        q = q + advantage
-        q -= mean
-        return q.T
-
-
-def _views(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias as a column): views of the layer's parameters, for activations laid out features x rows."""
-    return linear.weight.detach().numpy(), linear.bias.detach().numpy()[:, None]
-
-
-def q_function(net: QNetwork):
-    """A callable from observations (numpy) to Q-values (numpy): numpy for MLPs, torch otherwise."""
-    if isinstance(net.torso, MLPTorso):
-        return NumpyForward(net)
-
-    def forward(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(np.asarray(obs))).numpy()
-
-    return forward
-
-
 def weights_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     """A snapshot of parameters and buffers as CPU numpy arrays, ready to be framed on the wire.
 
@@ -152,12 +95,7 @@ def parameter_views(model: nn.Module) -> dict[str, np.ndarray]:
 def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Apply received weights after checking names and shapes; a mismatch raises ValueError."""
     state = model.state_dict()
-    if set(arrays) != set(state):
-        missing, extra = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
-        raise ValueError(f"weights do not fit this network: missing {missing[:3]}, unexpected {extra[:3]}")
-    for name, tensor in state.items():
-        if tuple(arrays[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"weights do not fit this network: {name} {arrays[name].shape} vs {tuple(tensor.shape)}")
+    check_weights({name: tuple(tensor.shape) for name, tensor in state.items()}, arrays)
     with torch.no_grad(), warnings.catch_warnings():
         # Received frames are read-only and torch warns about wrapping them; copy_ only reads them, so
         # wrapping is safe and saves copying every parameter twice (6.75 MB for the Nature CNN).

@@ -1,11 +1,16 @@
 """Q-networks: shapes, the dueling identity, and weights that survive the wire as snapshots."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from common.config import NetworkConfig
-from common.networks import NumpyForward, QNetwork, load_numpy_weights, q_function, weights_to_numpy
+from common.networks import QNetwork, load_numpy_weights, weights_to_numpy
+from common.policy_network import NumpyMLPQNetwork, TorchQNetwork, policy_network
 from common.wire import decode, encode
 
 
@@ -58,17 +63,51 @@ def test_mismatched_weights_are_refused() -> None:
 
 
 @pytest.mark.parametrize("dueling", [True, False])
-def test_numpy_forward_matches_torch_and_follows_loaded_weights(dueling: bool) -> None:
-    config = NetworkConfig(torso="mlp", hidden=(32, 16), dueling=dueling)
+@pytest.mark.parametrize("hidden", [(32, 16), (8,)])
+def test_numpy_policy_network_is_the_mlp_qnetwork(dueling: bool, hidden: tuple[int, ...]) -> None:
+    """Same parameter names and shapes as QNetwork (so published weights load), same Q-values."""
+    config = NetworkConfig(torso="mlp", hidden=hidden, dueling=dueling)
+    policy = policy_network((4,), 3, config)
+    assert isinstance(policy, NumpyMLPQNetwork)
     net = QNetwork((4,), 3, config).eval()
-    forward = q_function(net)
-    assert isinstance(forward, NumpyForward)
+    assert policy.shapes == {name: tuple(t.shape) for name, t in net.state_dict().items()}
     obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    for _ in range(2):  # loading again replaces the weights in place
+        policy.load(weights_to_numpy(net))
+        with torch.no_grad():
+            expected = net(torch.from_numpy(obs)).numpy()
+        np.testing.assert_allclose(policy(obs), expected, rtol=1e-5, atol=1e-6)
+        net = QNetwork((4,), 3, config).eval()
+
+
+def test_policy_networks_refuse_weights_of_another_network() -> None:
+    small = weights_to_numpy(QNetwork((4,), 2, NetworkConfig(hidden=(8,))))
+    with pytest.raises(ValueError, match="do not fit"):
+        policy_network((4,), 2, NetworkConfig(hidden=(16,))).load(small)
+    with pytest.raises(ValueError, match="missing"):
+        policy_network((4,), 2, NetworkConfig(hidden=(8,), dueling=False)).load(small)
+
+
+def test_convolutional_policy_network_runs_the_torch_qnetwork() -> None:
+    config = NetworkConfig(torso="nature_cnn", hidden=(32,))
+    policy = policy_network((4, 84, 84), 3, config)
+    assert isinstance(policy, TorchQNetwork)
+    net = QNetwork((4, 84, 84), 3, config).eval()
+    policy.load(weights_to_numpy(net))
+    obs = np.random.default_rng(1).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
     with torch.no_grad():
-        expected = net(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(forward(obs), expected, rtol=1e-5, atol=1e-6)
-    # New weights loaded into the network (as actors do) change the numpy forward too.
-    other = QNetwork((4,), 3, config)
-    load_numpy_weights(net, weights_to_numpy(other))
-    with torch.no_grad():
-        np.testing.assert_allclose(forward(obs), other(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(policy(obs), net(torch.from_numpy(obs)).numpy())
+
+
+def test_mlp_actors_never_import_torch() -> None:
+    """Importing torch costs an actor process about a second of CPU at start; MLP actors do without."""
+    code = (
+        "import sys\n"
+        "import actor.__main__, actor.actor, actor.evaluator\n"
+        "from common.config import NetworkConfig\n"
+        "from common.policy_network import policy_network\n"
+        "policy_network((4,), 2, NetworkConfig(hidden=(8,)))\n"
+        "sys.exit('torch' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
