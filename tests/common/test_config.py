@@ -48,7 +48,7 @@ def test_cartpole_preset_loads_its_values() -> None:
     assert config.env.id == "CartPole-v1"
     assert config.network.hidden == (128, 128)
     assert config.replay.samples_per_insert == 8.0
-    assert config.learner.target_update_period == 250
+    assert config.learner.target_update_period == 1000
     assert config.stop.max_wall_s == 900.0
     assert config.learner.lr_final == RunConfig().learner.lr_final  # not in the file: the default
 
@@ -123,7 +123,7 @@ def test_top_level_override_and_later_overrides_win() -> None:
 
 def test_override_keeps_the_rest_of_its_section() -> None:
     config = load_config("cartpole", ["learner.lr=0.1"])
-    assert config.learner.target_update_period == 250  # from the preset, not the dataclass default
+    assert config.learner.target_update_period == 1000  # from the preset, not the dataclass default
 
 
 def test_parse_override_builds_a_nested_table() -> None:
