@@ -266,7 +266,8 @@ def _unpack_header(frames: Sequence[Any]) -> dict[str, Any]:
 
 
 def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> Message:
-    """Validate and rebuild a message. Arrays are read-only views of the received frames."""
+    """Validate and rebuild a message. Arrays are views of the received frames (no copy): writable when the
+    frames are zmq.Frames received with copy=False, read-only when they are bytes."""
     header = _unpack_header(frames)
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 and 1.0 == 1 in Python

@@ -202,7 +202,11 @@ class ReplayClient:
 
     def _to_batch(self, arrays: dict[str, np.ndarray]) -> Batch:
         def tensor(name: str) -> torch.Tensor:
-            t = torch.from_numpy(np.array(arrays[name]))  # copy: the frame's memory is read-only
+            array = arrays[name]
+            if not array.flags.writeable:  # a frame received as bytes; torch wants memory it may write
+                array = array.copy()
+            # Otherwise the tensor is the received frame itself (zero-copy), kept alive by the tensor.
+            t = torch.from_numpy(array)
             return t.pin_memory() if self.pin_memory else t
 
         return Batch(
@@ -212,8 +216,8 @@ class ReplayClient:
             discount=tensor("discount"),
             next_obs=tensor("next_obs"),
             weight=tensor("weight"),
-            index=np.array(arrays["index"]),
-            id=np.array(arrays["id"]),
+            index=arrays["index"],
+            id=arrays["id"],
         )
 
     def _run(self) -> None:
