@@ -16,36 +16,29 @@ repeats, so an actor never mistakes another run's or another machine's file for 
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import re
 import secrets
-import socket
-import stat
-import struct
-import weakref
 from collections.abc import Callable, Mapping
 
-import msgpack
 import numpy as np
 
-SHM_DIR = "/dev/shm"
+from common import shm_files
+from common.shm_files import ALIGN, PAGE, SHM_DIR, Unavailable, available, round_up
+
+__all__ = ["SHM_DIR", "SharedWeightsReader", "SharedWeightsUnavailable", "SharedWeightsWriter", "available"]
+
 MAGIC = b"distdqnW"
 FORMAT_VERSION = 1
 SLOTS = 2
 SLOT_TABLE = 64  # slot k's (sequence, version) int64 pair at SLOT_TABLE + 16 * k
-LAYOUT_AT = 128
-ALIGN = 64
-PAGE = 4096
 MAX_FILE_BYTES = 16 << 30
-MAX_LAYOUT_BYTES = 1 << 20
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int64", "int32", "uint8", "bool"})
 NAME_PATTERN = re.compile(r"distdqn-weights-[0-9a-f]{1,64}-[0-9a-f]{16}")
-_HEADER = struct.Struct("<8sIIQ")  # magic, format, layout bytes, where slot 0 starts
 
 
-class SharedWeightsUnavailable(Exception):
+class SharedWeightsUnavailable(Unavailable):
     """This process cannot use the learner's shared-memory weights; the reason says why."""
 
 
@@ -57,23 +50,15 @@ class NonFinite(ValueError):
     """Weights holding NaN or infinity: never written, so a reader never loads them."""
 
 
-def available(directory: str = SHM_DIR) -> bool:
-    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
-
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
 def _slot_table(mm: mmap.mmap) -> np.ndarray:
     """Rows of (sequence, version): aligned int64 stores and loads, so neither is ever half-written."""
-    return np.ndarray((SLOTS, 2), dtype="<i8", buffer=mm, offset=SLOT_TABLE)
+    return shm_files.array_view(mm, "<i8", (SLOTS, 2), SLOT_TABLE)
 
 
 def _views(mm: mmap.mmap, data_at: int, slot_bytes: int, arrays: list) -> list[dict[str, np.ndarray]]:
     return [
         {
-            name: np.ndarray(tuple(shape), dtype=np.dtype(dtype).newbyteorder("<"), buffer=mm, offset=base + offset)
+            name: shm_files.array_view(mm, np.dtype(dtype).newbyteorder("<"), shape, base + offset)
             for name, dtype, shape, offset in arrays
         }
         for base in (data_at + k * slot_bytes for k in range(SLOTS))
@@ -81,45 +66,8 @@ def _views(mm: mmap.mmap, data_at: int, slot_bytes: int, arrays: list) -> list[d
 
 
 def remove_stale(directory: str = SHM_DIR) -> list[str]:
-    """Remove weights files left by learners of this host and user that were killed before removing
-    their own (SIGKILL); a file whose writer may still be alive, or cannot be told, is left alone."""
-    removed = []
-    host, uid = socket.gethostname(), os.getuid()
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if not NAME_PATTERN.fullmatch(name):
-            continue
-        try:
-            if os.stat(path, follow_symlinks=False).st_uid != uid:
-                continue
-            with open(path, "rb") as f:
-                head = f.read(PAGE)
-            _, _, layout_bytes, _ = _HEADER.unpack_from(head, 0)
-            owner = msgpack.unpackb(head[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False)
-            if owner.get("host") != host or not isinstance(owner.get("pid"), int) or _alive(owner["pid"]):
-                continue
-            os.unlink(path)
-            removed.append(path)
-        except Exception:  # unreadable, half-written, or gone meanwhile: not ours to judge
-            continue
-    return removed
-
-
-def _unlink_quietly(path: str, owner_pid: int) -> None:
-    if os.getpid() != owner_pid:  # a forked child exiting: the file is its parent's
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Remove weights files left by learners of this host and user that were killed (see shm_files)."""
+    return shm_files.remove_stale(NAME_PATTERN, directory)
 
 
 class SharedWeightsWriter:
@@ -131,35 +79,23 @@ class SharedWeightsWriter:
         self.path = os.path.join(directory, f"distdqn-weights-{run_id}-{self.token}")
         layout, offset = [], 0
         for name, array in arrays.items():
-            offset = _round_up(offset, ALIGN)
+            offset = round_up(offset, ALIGN)
             layout.append([name, array.dtype.name, list(array.shape), offset])
             offset += array.nbytes
-        self.slot_bytes = _round_up(max(offset, 1), PAGE)
+        self.slot_bytes = round_up(max(offset, 1), PAGE)
         self.layout = layout
-        owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        header = msgpack.packb(
-            {"run_id": run_id, "token": self.token, "slot_bytes": self.slot_bytes, "arrays": layout, **owner}
-        )
         remove_stale(directory)
-        data_at = _round_up(LAYOUT_AT + len(header), PAGE)
-        self.nbytes = data_at + SLOTS * self.slot_bytes
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.ftruncate(fd, self.nbytes)
-            self._mm = mmap.mmap(fd, self.nbytes)
-        except BaseException:
-            os.unlink(self.path)
-            raise
-        finally:
-            os.close(fd)
-        # Removed at close(), or when the writer is collected or the interpreter exits without one.
-        self._remove_file = weakref.finalize(self, _unlink_quietly, self.path, os.getpid())
-        self._mm[LAYOUT_AT : LAYOUT_AT + len(header)] = header
+        layout_map = {"run_id": run_id, "token": self.token, "slot_bytes": self.slot_bytes, "arrays": layout}
+        self._file = shm_files.CreatedFile(
+            self.path, MAGIC, FORMAT_VERSION, {**layout_map, **shm_files.owner()}, SLOTS * self.slot_bytes
+        )
+        self.nbytes = self._file.nbytes
+        self._mm = self._file.mm
         self._slots = _slot_table(self._mm)
         self._slots[:, 0] = 0
         self._slots[:, 1] = -1  # no version yet
-        self._slot_views = _views(self._mm, data_at, self.slot_bytes, layout)
-        _HEADER.pack_into(self._mm, 0, MAGIC, FORMAT_VERSION, len(header), data_at)  # last: readers check it first
+        self._slot_views = _views(self._mm, self._file.data_at, self.slot_bytes, layout)
+        self._file.publish_header()  # last: readers check it first
         self._next = 0
 
     def write(self, version: int, arrays: Mapping[str, np.ndarray]) -> None:
@@ -183,55 +119,51 @@ class SharedWeightsWriter:
 
     def close(self) -> None:
         """Remove the file; actors still holding it keep their mapping until they let go."""
-        if self._mm.closed:
+        if self._file.closed:
             return
-        self._remove_file()
         self._slot_views = []
         self._slots = None  # type: ignore[assignment]
-        self._mm.close()
+        self._file.close()
 
 
 class SharedWeightsReader:
     """An actor's side: the mapping of one run's file, checked against what the notice said."""
 
     def __init__(self, path: str, token: str, directory: str = SHM_DIR) -> None:
-        name = os.path.basename(path)
-        if os.path.dirname(path) != directory or not NAME_PATTERN.fullmatch(name) or not name.endswith(token):
+        if not os.path.basename(path).endswith(token):
             raise SharedWeightsUnavailable(f"not a weights file this actor will open: {path[:200]!r}")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as err:
-            raise SharedWeightsUnavailable(f"cannot open {path}: {err.strerror}") from None
+            self._file = shm_files.MappedFile(
+                path,
+                "weights",
+                NAME_PATTERN,
+                MAGIC,
+                FORMAT_VERSION,
+                writable=False,
+                max_bytes=MAX_FILE_BYTES,
+                directory=directory,
+            )
+        except Unavailable as err:
+            raise SharedWeightsUnavailable(str(err)) from None
+        self._mm = self._file.mm
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or not PAGE <= info.st_size <= MAX_FILE_BYTES:
-                raise SharedWeightsUnavailable(f"{path} is not a weights file")
-            self._mm = mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
-        try:
-            self._parse(path, token, info.st_size)
+            self._parse(path, token)
         except BaseException:
-            self._mm.close()
+            self._file.close()
             raise
         self.path = path
         self.token = token
 
-    def _parse(self, path: str, token: str, size: int) -> None:
-        magic, file_format, layout_bytes, data_at = _HEADER.unpack_from(self._mm, 0)
-        if magic != MAGIC or file_format != FORMAT_VERSION:
-            raise SharedWeightsUnavailable(f"{path}: not a distdqn weights file of format {FORMAT_VERSION}")
-        if not 0 < layout_bytes <= min(MAX_LAYOUT_BYTES, size - LAYOUT_AT):
-            raise SharedWeightsUnavailable(f"{path}: bad layout size")
+    def _parse(self, path: str, token: str) -> None:
+        layout, data_at = self._file.layout, self._file.data_at
         try:
-            layout = msgpack.unpackb(self._mm[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False, strict_map_key=True)
             run_id, file_token = str(layout["run_id"]), layout["token"]
             slot_bytes, arrays = int(layout["slot_bytes"]), layout["arrays"]
-        except Exception as err:  # msgpack raises several unrelated types for garbage
+        except Exception as err:
             raise SharedWeightsUnavailable(f"{path}: unreadable layout ({type(err).__name__})") from None
         if file_token != token:
             raise SharedWeightsUnavailable(f"{path}: belongs to another learner")
-        if data_at < LAYOUT_AT + layout_bytes or data_at + SLOTS * slot_bytes > size:
+        if data_at + SLOTS * slot_bytes > self._file.size:
             raise SharedWeightsUnavailable(f"{path}: slots outside the file")
         for spec in arrays:
             name, dtype, shape, offset = spec
@@ -276,7 +208,7 @@ class SharedWeightsReader:
         return None
 
     def close(self) -> None:
-        if not self._mm.closed:
+        if not self._file.closed:
             self._slot_views = []
             self._slots = None  # type: ignore[assignment]
-            self._mm.close()
+            self._file.close()
