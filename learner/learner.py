@@ -287,6 +287,10 @@ class Learner:
                         outcome = self._outcome(False, f"time budget {sc.max_wall_s:g}s reached", start)
         finally:
             reason = outcome.reason if outcome else "error"
+            if outcome is not None and self.updates > row_updates:
+                # The last, partial interval: a run shorter than log_interval_s still leaves a training row.
+                end = time.monotonic()
+                self._write_row(runlog, end - start, end - last_row, row_updates, row_steps, losses, qs, waited)
             self.control.request_stop(reason)
             time.sleep(STOP_BROADCAST_S)
             self.replay.close()
