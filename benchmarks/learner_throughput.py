@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the 
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
+import dataclasses  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -156,7 +157,8 @@ def main() -> int:
                 batch = learner.replay.get_batch(timeout=30)
                 if batch is None:
                     raise TimeoutError("no batch from the replay server within 30 s")
-                batches.append(batch)
+                # Kept for the memory windows: a copy, as a batch may be a shared-memory slot replay refills.
+                batches.append(dataclasses.replace(batch, obs=batch.obs.clone(), next_obs=batch.next_obs.clone()))
             memory_window(trainer, batches, min(1.0, args.duration))  # warm up allocator and kernels
             for _ in range(args.repeats):
                 updates, waited = wire_window(trainer, args.duration)

@@ -83,16 +83,17 @@ def raw_pusher_main(index: int, port: int, shape: bench.Shape, send_size: int, s
         ctx.term()
 
 
-def sampler_main(port_base: int, overrides: list[str], counters: Any, stop: bench.Event) -> None:
+def sampler_main(port_base: int, overrides: list[str], shape: bench.Shape, counters: Any, stop: bench.Event) -> None:
     """A learner stand-in built on the real ReplayClient: take batches, send random priorities back.
 
     counters[0]: batches taken; counters[1]: nanoseconds spent waiting for one (this stand-in computes
-    nothing, so it always waits; the number is kept only to spot a stalled client)."""
+    nothing, so it always waits; the number is kept only to spot a stalled client); counters[2]: batches
+    that came through the shared-memory batch file."""
     from learner.replay_client import ReplayClient
 
     config = bench.run_config(port_base, overrides)
     ctx = zmq.Context()
-    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx)
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, spec=shape.env_spec())
     client.start()
     rng = np.random.default_rng(0)
     try:
@@ -105,6 +106,7 @@ def sampler_main(port_base: int, overrides: list[str], counters: Any, stop: benc
             priority = rng.random(batch.index.shape[0], dtype=np.float32) * 2.0
             client.send_priorities(batch.index, batch.id, priority)
             counters[0] += 1
+            counters[2] = client.batches_by_shared_memory
     finally:
         client.close()
         ctx.destroy(linger=0)
@@ -180,6 +182,9 @@ def main() -> int:
         "--no-wrap", action="store_true", help="measure before the buffer has been filled once (--quick implies it)"
     )
     parser.add_argument("--profile", action="store_true", help="profile the replay server with cProfile")
+    parser.add_argument(
+        "--socket-batches", action="store_true", help="batches over the socket, not the learner's shared memory"
+    )
     args = parser.parse_args()
     shape = bench.SHAPES[args.size]
     args.send_size = args.send_size or DEFAULT_SEND_SIZE[args.size]
@@ -195,6 +200,7 @@ def main() -> int:
         f"replay.min_size={min_size}",
         f"learner.batch_size={args.batch_size}",
         f"actor.send_size={args.send_size}",
+        f"net.shared_memory_batches={'false' if args.socket_batches else 'true'}",
     ]
     base = bench.free_port_base()
     config = bench.run_config(base, overrides)
@@ -237,10 +243,10 @@ def main() -> int:
 
         server = bench.start_replay_server(children, base, overrides, shape, profile_path)
         probe = bench.ReplayProbe(ctx, config.net.sample_port)
-        sampler_counts = bench.shared_counters(2)
+        sampler_counts = bench.shared_counters(3)
         sampler_stop = bench.MP.Event()
         sampler = children.spawn(
-            "sampler", sampler_main, base, overrides, sampler_counts, sampler_stop, stop=sampler_stop
+            "sampler", sampler_main, base, overrides, shape, sampler_counts, sampler_stop, stop=sampler_stop
         )
         rate, sent, push_stop = bench.shared_floats(1), bench.shared_counters(args.pushers), bench.MP.Event()
         pushers = [
@@ -281,6 +287,7 @@ def main() -> int:
             phases["sample_at_rate"].append(_window(probe, sampler_counts, sent, args.duration))
             children.check_alive()
         final = probe.stats()
+        results["batches_by_shared_memory"] = sampler_counts[2] / max(sampler_counts[0], 1)
         probe.close()
         children.stop([*pushers, sampler, server])
 
@@ -335,6 +342,7 @@ def main() -> int:
         f"ingest / raw (zmq defaults): {bench.fmt(ratios['ingest_vs_raw_default_options'])}   "
         f"raw distdqn / raw default options: {bench.fmt(ratios['raw_distdqn_vs_default_options'])}"
     )
+    print(f"batches through the learner's shared-memory batch file: {results['batches_by_shared_memory']:.0%}")
     print(
         f"goals: ingest >= {GOAL_INGEST[args.size]:,}/s; batches/s at {args.ingest_rate:,.0f}/s ingest >= "
         f"{GOAL_BATCHES_AT_RATE:g} (Atari size)   server rejected: {results['server_rejected'] or 'none'}"

@@ -247,6 +247,8 @@ class NetConfig:
     """transition messages queued per actor before it blocks (backpressure)"""
     shared_memory_weights: bool = True
     """actors on the learner's host read new weights from a file in /dev/shm, not the broadcast socket"""
+    shared_memory_batches: bool = True
+    """a learner on replay's host receives sampled observations in a file in /dev/shm, not the socket"""
     curve_secret_key: str = ""
     """path to this server's NAME.key_secret (CurveZMQ); the learner also uses it as replay's client"""
     curve_server_key: str = ""

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_ARRAYS = 256
@@ -138,10 +138,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "sample": Schema(
         meta={"batch_size": int, "beta": _NUM},
-        doc="learner -> replay: request one prioritized batch",
+        optional_meta={"shm_path": str, "shm_token": str, "shm_slot": int},
+        doc="learner -> replay: request one prioritized batch (its observations into a shared-memory slot)",
     ),
     "batch": Schema(
         meta={"size": int},
+        optional_meta={"shm_refused": str},
         arrays={
             "obs": None,
             "action": _I64,
@@ -154,6 +156,12 @@ SCHEMAS: dict[str, Schema] = {
         },
         batched=True,
         doc="replay -> learner: a sampled batch with importance weights, slot indices and insert ids",
+    ),
+    "batch_ref": Schema(
+        meta={"size": int, "slot": int, "token": str},
+        arrays={"action": _I64, "reward": _F32, "discount": _F32, "weight": _F32, "index": _I64, "id": _I64},
+        batched=True,
+        doc="replay -> learner: a sampled batch whose obs and next_obs are in the requested shared-memory slot",
     ),
     "priorities": Schema(
         arrays={"index": _I64, "id": _I64, "priority": _F32},

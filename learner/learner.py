@@ -78,7 +78,7 @@ class Learner:
         self.ctx = zmq.Context()
         self.control = ControlServer(config, self.ctx)
         self.replay = ReplayClient(
-            config, replay_host, pin_memory=self.device.type == "cuda", ctx=self.ctx, curve=curve
+            config, replay_host, pin_memory=self.device.type == "cuda", ctx=self.ctx, curve=curve, spec=spec
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.toml")

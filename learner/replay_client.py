@@ -13,6 +13,11 @@ priority updates, and where that runs depends on the device:
   (`benchmarks/learner_throughput.py`, two cores).
 
 The ZeroMQ socket is used by one thread only (sockets are not thread-safe).
+
+With replay on the same host, each request names a slot of the learner's batch file in /dev/shm
+(common/shared_batches.py) and replay gathers the sampled observations straight into it: an Atari batch
+then crosses no socket. On a CPU the batch's tensors are the slot itself, so they stay valid until the
+next `get_batch`; on CUDA they are copied into pinned memory at once and the slot is free again.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import torch
 import zmq
 
 from common.config import RunConfig
+from common.envs import EnvSpec
 from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
+from common.shared_batches import BatchFile, available
 from common.sockets import connect, make_socket
 from common.wire import DecodeError, Encoder, decode
 
@@ -52,6 +59,7 @@ class Batch:
     weight: torch.Tensor
     index: np.ndarray
     id: np.ndarray
+    slot: int = -1  # the batch file slot holding obs and next_obs (CPU, shared memory), else -1
 
 
 class ReplayClient:
@@ -64,8 +72,11 @@ class ReplayClient:
         ctx: zmq.Context,
         curve: ClientSecurity | None = None,
         threaded: bool | None = None,
+        spec: EnvSpec | None = None,
     ) -> None:
+        """`spec` (the run's observations) lets batches come through shared memory when replay is local."""
         self.config = config
+        self.spec = spec
         self.curve = curve
         self.host = host
         self.pin_memory = pin_memory
@@ -84,6 +95,12 @@ class ReplayClient:
         self._next_stats = 0.0
         self._next_monitor = 0.0
         self._last_batch = time.monotonic()
+        self._batch_file: BatchFile | None = None
+        self._free_slots: deque[int] = deque()
+        self._held_slot = -1  # the slot of the batch the update loop has now (CPU, shared memory)
+        self.batches_by_shared_memory = 0
+        self.batches_by_socket = 0
+        self.stale_batches = 0  # replies for a batch file given up since (see _reset_requests)
 
     # ---- the update loop's side ------------------------------------------------------------------
     def start(self) -> None:
@@ -101,17 +118,24 @@ class ReplayClient:
             self._close_socket()
 
     def get_batch(self, timeout: float) -> Batch | None:
+        """The next batch, or None after `timeout` seconds. On a CPU the previous batch's tensors may be
+        reused from here on (they can be a shared-memory slot that replay fills again)."""
         if self.threaded:
             try:
                 return self.batches.get(timeout=timeout)
             except queue.Empty:
                 return None
+        if self._held_slot >= 0:
+            self._free_slots.append(self._held_slot)
+            self._held_slot = -1
         deadline = time.monotonic() + timeout
         while True:
             wait = 0.0 if self._ready else max(deadline - time.monotonic(), 0.0)
             self._pump(int(wait * 1000))
             if self._ready:
-                return self._ready.popleft()
+                batch = self._ready.popleft()
+                self._held_slot = batch.slot
+                return batch
             if time.monotonic() >= deadline:
                 return None
 
@@ -131,12 +155,45 @@ class ReplayClient:
         connect(self._sock, self.host, net.sample_port)
         self._encode = Encoder("learner")
         self._last_batch = time.monotonic()
+        self._open_batch_file()
+
+    def _open_batch_file(self) -> None:
+        """A fresh batch file with every slot free (none when shared memory is off or unusable here)."""
+        self._close_batch_file()
+        if self.spec is None or not self.config.net.shared_memory_batches or not available():
+            return
+        # A slot for each request in flight or batch decoded (prefetch in all), one for the batch in use.
+        slots = self.config.learner.prefetch + 2
+        try:
+            self._batch_file = BatchFile(
+                self.config.learner.batch_size, self.spec.obs_shape, self.spec.obs_dtype, slots
+            )
+        except OSError as err:  # /dev/shm full, say: the socket carries everything
+            log.warning("no batch file in shared memory (%s); batches come over the socket", err)
+            return
+        self._free_slots = deque(range(slots))
+
+    def _close_batch_file(self) -> None:
+        if self._batch_file is not None:
+            self._batch_file.close()
+            self._batch_file = None
+        self._free_slots.clear()
+        self._held_slot = -1
+
+    def _reset_requests(self) -> None:
+        """Forget the requests in flight (lost, or a restarted server). Their slots could still be written
+        by a late reply, so the batch file is replaced, and decoded batches in its slots are dropped."""
+        self._in_flight = 0
+        if self._batch_file is not None:
+            self._ready = deque(b for b in self._ready if b.slot < 0)
+            self._open_batch_file()
 
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._connections.close()
             self._sock.close(linger=200)
             self._sock = None
+        self._close_batch_file()
 
     def _send_priorities(self, index: np.ndarray, ids: np.ndarray, priority: np.ndarray) -> None:
         assert self._sock is not None
@@ -156,6 +213,9 @@ class ReplayClient:
         # queue's): the update loop never finds nothing ready while the server has data.
         while self._in_flight + len(self._ready) < self.config.learner.prefetch:
             meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
+            if self._batch_file is not None and self._free_slots:
+                meta.update(shm_path=self._batch_file.path, shm_token=self._batch_file.token)
+                meta["shm_slot"] = self._free_slots.popleft()
             sock.send_multipart(self._encode("sample", meta))
             self._in_flight += 1
         while True:
@@ -170,7 +230,7 @@ class ReplayClient:
         if self._in_flight and serving and now - self._last_batch > LOST_REQUESTS_S:
             # The server has data and is not holding samples back, yet answers none: it lost them.
             log.warning("no batch from replay for %.0f s; re-sending sample requests", now - self._last_batch)
-            self._in_flight = 0
+            self._reset_requests()
             self._last_batch = now
             return
         if not sock.poll(wait_ms):
@@ -181,7 +241,7 @@ class ReplayClient:
 
     def _receive(self, frames: list) -> None:
         try:
-            msg = decode(frames, expect=("batch", "replay_stats", "error"))
+            msg = decode(frames, expect=("batch", "batch_ref", "replay_stats", "error"))
         except DecodeError as err:
             self.decode_errors += 1
             log.warning("bad reply from replay: %s", err)
@@ -189,27 +249,50 @@ class ReplayClient:
         if msg.kind == "batch":
             self._in_flight = max(self._in_flight - 1, 0)
             self._last_batch = time.monotonic()
+            if "shm_refused" in msg.meta and self._batch_file is not None:
+                log.info(
+                    "replay cannot write this learner's batch file, so batches come over the socket: %s",
+                    msg.meta["shm_refused"],
+                )
+                self._close_batch_file()
+            self.batches_by_socket += 1
             self._ready.append(self._to_batch(msg.arrays))
+        elif msg.kind == "batch_ref":
+            self._in_flight = max(self._in_flight - 1, 0)
+            self._last_batch = time.monotonic()
+            slot, file = msg.meta["slot"], self._batch_file
+            if file is None or msg.meta["token"] != file.token or not 0 <= slot < file.slots:
+                self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
+                return
+            if self.batches_by_shared_memory == 0:
+                log.info("sampled observations arrive in shared memory (%s)", file.path)
+            self.batches_by_shared_memory += 1
+            self._ready.append(self._to_batch({**msg.arrays, **file.views(slot)}, slot))
         elif msg.kind == "replay_stats":
             if msg.meta["inserted"] < self.stats.get("inserted", 0):
                 # A restarted server forgot the requests we had in flight.
                 log.warning("the replay server restarted; re-sending sample requests")
-                self._in_flight = 0
+                self._reset_requests()
             self.stats = msg.meta
         else:
             self._in_flight = max(self._in_flight - 1, 0)
             log.error("replay refused a request: %s", msg.meta)
 
-    def _to_batch(self, arrays: dict[str, np.ndarray]) -> Batch:
+    def _to_batch(self, arrays: dict[str, np.ndarray], slot: int = -1) -> Batch:
+        """Tensors over the received frames (or the batch file's slot) without copying, or pinned copies.
+
+        A thread hands batches over a queue, not in step with get_batch, so it copies a slot's arrays
+        (into pinned memory when pinning anyway) and frees the slot at once."""
+        copy_slot = slot >= 0 and self.threaded
+
         def tensor(name: str) -> torch.Tensor:
             array = arrays[name]
-            if not array.flags.writeable:  # a frame received as bytes; torch wants memory it may write
-                array = array.copy()
-            # Otherwise the tensor is the received frame itself (zero-copy), kept alive by the tensor.
+            if not array.flags.writeable or (copy_slot and not self.pin_memory and name in ("obs", "next_obs")):
+                array = array.copy()  # bytes (read-only; torch wants memory it may write), or a slot to free
             t = torch.from_numpy(array)
             return t.pin_memory() if self.pin_memory else t
 
-        return Batch(
+        batch = Batch(
             obs=tensor("obs"),
             action=tensor("action"),
             reward=tensor("reward"),
@@ -219,6 +302,11 @@ class ReplayClient:
             index=arrays["index"],
             id=arrays["id"],
         )
+        if copy_slot:
+            self._free_slots.append(slot)
+        elif slot >= 0:
+            batch.slot = slot  # freed when get_batch is next called
+        return batch
 
     def _run(self) -> None:
         """The thread: hand decoded batches to the queue as room appears, pump the socket meanwhile."""

@@ -299,8 +299,11 @@ class ReplayBuffer:
         self._size -= count
 
     # ---------------------------------------------------------------- sample
-    def sample(self, batch_size: int, beta: float) -> SampleResult:
+    def sample(self, batch_size: int, beta: float, out: Mapping[str, np.ndarray] | None = None) -> SampleResult:
         """Draw ``batch_size`` transitions (with replacement).
+
+        ``out`` may give, for some fields, arrays of shape ``(batch_size, *field shape)`` and the field's
+        dtype to gather into (a learner's shared-memory slot); those fields of the result are ``out``'s.
 
         Prioritized mode uses stratified sampling: [0, total) is split into
         ``batch_size`` equal segments with one uniform draw in each, which
@@ -339,7 +342,9 @@ class ReplayBuffer:
             weights = ((leaf.min() / leaf) ** beta).astype(np.float32)
 
         ids = self._ids[indices]
-        data = {name: np.take(arr, indices, axis=0) for name, arr in self._data.items()}
+        out = out or {}
+        # mode="clip" for indices known to be in range: np.take buffers its output in the default mode.
+        data = {name: np.take(arr, indices, axis=0, out=out.get(name), mode="clip") for name, arr in self._data.items()}
         self._sampled_total += batch_size
         return SampleResult(indices=indices, ids=ids, weights=weights, data=data)
 

@@ -256,8 +256,9 @@ class FrameReplayBuffer:
         self._buffer.evict_oldest(self._stale_count(start + added - self._frame_capacity))
         pos = start % self._frame_capacity
         first = min(added, self._frame_capacity - pos)
-        np.take(frames, fresh[:first], axis=0, out=self._ring[pos : pos + first])
-        np.take(frames, fresh[first:], axis=0, out=self._ring[: added - first])
+        # mode="clip" (the indices are in range by construction): np.take buffers its output otherwise.
+        np.take(frames, fresh[:first], axis=0, out=self._ring[pos : pos + first], mode="clip")
+        np.take(frames, fresh[first:], axis=0, out=self._ring[: added - first], mode="clip")
         self._written = start + added
         self._remember(hashes, new, numbers)
         return slots
@@ -312,8 +313,9 @@ class FrameReplayBuffer:
         return int(stale[-1]) + 1 if stale.size else 0
 
     # ---------------------------------------------------------------- sample
-    def stacks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rebuilt `(obs, next_obs)`, each (len(indices), K, *frame_shape), of stored slots."""
+    def stacks(self, indices: np.ndarray, out: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rebuilt `(obs, next_obs)`, each (len(indices), K, *frame_shape), of stored slots (into `out`'s
+        `obs` / `next_obs` arrays where given)."""
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
             raise ValueError(f"indices must be 1-D integers, got {idx.dtype}{idx.shape}")
@@ -324,12 +326,17 @@ class FrameReplayBuffer:
         if np.any(self._first_frame[idx] < self._written - self._frame_capacity):
             # Eviction makes this impossible; checking costs B comparisons and rules out silent corruption.
             raise RuntimeError("a stored transition's frames were overwritten (frame/transition eviction bug)")
-        return self._ring[self._obs_slots[idx]], self._ring[self._next_slots[idx]]
+        out = out or {}
+        return tuple(  # type: ignore[return-value]
+            np.take(self._ring, slots[idx], axis=0, out=out.get(name), mode="clip")  # in range: see above
+            for name, slots in ((OBS, self._obs_slots), (NEXT_OBS, self._next_slots))
+        )
 
-    def sample(self, batch_size: int, beta: float) -> SampleResult:
+    def sample(self, batch_size: int, beta: float, out: Mapping[str, np.ndarray] | None = None) -> SampleResult:
         """As `ReplayBuffer.sample`, with `obs` and `next_obs` rebuilt from the frame ring."""
-        result = self._buffer.sample(batch_size, beta)
-        obs, next_obs = self.stacks(result.indices)
+        out = out or {}
+        result = self._buffer.sample(batch_size, beta, {k: v for k, v in out.items() if k not in (OBS, NEXT_OBS)})
+        obs, next_obs = self.stacks(result.indices, out)
         rebuilt = {OBS: obs, NEXT_OBS: next_obs}
         data = {name: rebuilt[name] if name in rebuilt else result.data[name] for name in self._fields}
         return SampleResult(indices=result.indices, ids=result.ids, weights=result.weights, data=data)

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from common.envs import EnvSpec
 from common.errors import StartupError
 from common.frame_dedup import dedup_stacks
 from common.security import ServerSecurity, require_secure_bind, secure_server
+from common.shared_batches import BatchFileMapping, SharedBatchesUnavailable
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.accounting import Ledger, StreamRecord
@@ -47,6 +48,8 @@ ACCOUNTING_FILE = "accounting.json"
 DRAIN_QUIET_S = 0.3  # at a stop, read what actors still send (their stream_end) until quiet this long ...
 DRAIN_MAX_S = 1.5  # ... or this long in all
 INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
+BATCH_FILES_KEPT = 4  # learners' batch files kept mapped (one per learner; a restarted learner makes a new one)
+BATCH_FILE_REFUSALS_KEPT = 64
 VECTORS = ("action", "reward", "discount", "priority", "version")
 
 
@@ -91,6 +94,7 @@ class _PendingSample:
     batch_size: int
     beta: float
     since: float
+    shm: tuple[str, str, int] | None = None  # the learner's batch file (path, token) and the slot to fill
 
 
 class _SnapshotJob:
@@ -138,6 +142,9 @@ class ReplayServer:
         self._pending: deque[_PendingSample] = deque()
         self._encode = Encoder("replay")
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
+        self._batch_files: OrderedDict[str, BatchFileMapping] = OrderedDict()
+        self._batch_file_refusals: OrderedDict[str, str] = OrderedDict()
+        self.batches_by_shared_memory = 0
         # Without a run directory there is nowhere durable to write, so snapshots are off entirely.
         self.snapshot_dir = run_dir / "replay" if run_dir is not None else None
         self._snapshot_interval = rc.snapshot_interval_s if self.snapshot_dir is not None else 0.0
@@ -289,10 +296,53 @@ class ReplayServer:
     def _serve_pending(self) -> None:
         while self._pending and self._can_sample(self._pending[0].batch_size):
             request = self._pending.popleft()
-            result = self.buffer.sample(request.batch_size, request.beta)
-            arrays = dict(result.data)
+            slot, refused = self._batch_slot(request)
+            result = self.buffer.sample(request.batch_size, request.beta, slot)
+            arrays = {name: array for name, array in result.data.items() if slot is None or name not in slot}
             arrays.update(weight=result.weights, index=result.indices, id=result.ids)
-            self._reply(request.identity, "batch", {"size": request.batch_size}, arrays)
+            if slot is not None:
+                assert request.shm is not None
+                self.batches_by_shared_memory += 1
+                meta = {"size": request.batch_size, "slot": request.shm[2], "token": request.shm[1]}
+                self._reply(request.identity, "batch_ref", meta, arrays)
+            else:
+                meta = {"size": request.batch_size, **({"shm_refused": refused} if refused else {})}
+                self._reply(request.identity, "batch", meta, arrays)
+
+    def _batch_slot(self, request: _PendingSample) -> tuple[dict[str, np.ndarray] | None, str]:
+        """(the slot of the learner's batch file to sample into, or None; why not, when it asked for one)."""
+        if request.shm is None:
+            return None, ""
+        if not self.config.net.shared_memory_batches:
+            return None, "replay.net.shared_memory_batches is off"
+        path, token, slot = request.shm
+        refused = self._batch_file_refusals.get(path)
+        if refused is not None:
+            return None, refused
+        mapping = self._batch_files.get(path)
+        if mapping is None or mapping.token != token or mapping.batch_size != request.batch_size:
+            try:
+                mapping = BatchFileMapping(
+                    path, token, request.batch_size, self.spec.obs_shape, np.dtype(self.spec.obs_dtype)
+                )
+            except SharedBatchesUnavailable as err:
+                self._batch_file_refusals[path] = str(err)[:200]
+                if len(self._batch_file_refusals) > BATCH_FILE_REFUSALS_KEPT:
+                    self._batch_file_refusals.popitem(last=False)
+                log.info("sampled batches go over the socket, not shared memory: %s", err)
+                return None, str(err)[:200]
+            old = self._batch_files.pop(path, None)
+            if old is not None:
+                old.close()
+            self._batch_files[path] = mapping
+            if len(self._batch_files) > BATCH_FILES_KEPT:
+                self._batch_files.popitem(last=False)[1].close()
+            log.info("writing sampled observations into the learner's batch file %s", path)
+        self._batch_files.move_to_end(path)
+        try:
+            return mapping.views(slot), ""
+        except IndexError as err:
+            return None, str(err)
 
     def _reply(self, identity: bytes, kind: str, meta: dict, arrays: dict | None = None) -> None:
         try:
@@ -314,12 +364,15 @@ class ReplayServer:
                 self._reply(identity, "error", {"reason": err.reason, "detail": str(err)[:200]})
             return
         if msg.kind == "sample":
-            size, beta = msg.meta["batch_size"], float(msg.meta["beta"])
-            if not 1 <= size <= self.buffer.capacity or not 0 <= beta <= 1:
-                self._reject("bad_sample_request", f"batch_size={size} beta={beta}")
+            meta = msg.meta
+            size, beta = meta["batch_size"], float(meta["beta"])
+            shm_keys = [key in meta for key in ("shm_path", "shm_token", "shm_slot")]
+            if not 1 <= size <= self.buffer.capacity or not 0 <= beta <= 1 or any(shm_keys) != all(shm_keys):
+                self._reject("bad_sample_request", f"batch_size={size} beta={beta} shm keys {shm_keys}")
                 self._reply(identity, "error", {"reason": "bad_sample_request"})
                 return
-            self._pending.append(_PendingSample(identity, size, beta, time.monotonic()))
+            shm = (meta["shm_path"], meta["shm_token"], meta["shm_slot"]) if all(shm_keys) else None
+            self._pending.append(_PendingSample(identity, size, beta, time.monotonic(), shm))
         elif msg.kind == "priorities":
             a = msg.arrays
             index = a["index"]
@@ -582,6 +635,9 @@ class ReplayServer:
     def close(self) -> None:
         for sock in (self.ingest, self.requests):
             sock.close()
+        for mapping in self._batch_files.values():
+            mapping.close()
+        self._batch_files.clear()
         if self.security is not None:
             if self.security.denied:
                 self.rejected["unauthenticated"] = self.security.denied

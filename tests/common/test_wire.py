@@ -137,6 +137,17 @@ EXAMPLES: dict[str, Callable[[], tuple[Meta, Arrays]]] = {
             "id": np.array([1007, 99_999, 200_000, 42], dtype=np.int64),
         },
     ),
+    "batch_ref": lambda: (
+        {"size": 3, "slot": 2, "token": "0123456789abcdef0123456789abcdef"},
+        {
+            "action": np.array([0, 1, 1], dtype=np.int64),
+            "reward": np.array([1.0, 2.97, 0.5], dtype=np.float32),
+            "discount": np.array([0.97, 0.0, 0.97], dtype=np.float32),
+            "weight": np.array([1.0, 0.5, 0.25], dtype=np.float32),
+            "index": np.array([7, 99_999, 0], dtype=np.int64),
+            "id": np.array([1007, 99_999, 200_000], dtype=np.int64),
+        },
+    ),
     "priorities": lambda: (
         {},
         {
@@ -371,7 +382,10 @@ def test_header_with_non_string_map_keys() -> None:
     assert reason_of([msgpack.packb({1: 1, "k": "stop"})]) == "bad_header"
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, 2**40, "3", None, True, 3.0, [3]])
+V = PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("version", [0, 1, V - 1, V + 1, -1, 2**40, str(V), None, True, float(V), [V]])
 def test_wrong_version(version: Any) -> None:
     assert reason_of(with_header(valid("stop"), v=version)) == "wrong_version"
 

@@ -1,10 +1,14 @@
-"""The learner's replay client against a real replay server, inline (CPU) and threaded (CUDA's mode)."""
+"""The learner's replay client against a real replay server, inline (CPU) and threaded (CUDA's mode),
+with batches over the socket and through the learner's shared-memory batch file."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import zmq
 
 from common.config import load_config
 from common.envs import EnvSpec
+from common.shared_batches import available
 from common.sockets import free_port_base
 from common.wire import encode
 from learner.replay_client import ReplayClient
@@ -23,23 +28,130 @@ STORED = 512
 
 
 def _fill(port: int) -> None:
+    """STORED transitions whose observations say which insert they are: obs = id, next_obs = id + 0.5."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{port}")
     rng = np.random.default_rng(0)
     for seq in range(STORED // 64):
+        ids = np.repeat(np.arange(seq * 64, (seq + 1) * 64, dtype=np.float32)[:, None], 4, axis=1)
         arrays = {
-            "obs": rng.standard_normal((64, 4)).astype(np.float32),
+            "obs": ids,
             "action": rng.integers(0, 2, 64),
             "reward": np.ones(64, np.float32),
             "discount": np.full(64, 0.97, np.float32),
-            "next_obs": rng.standard_normal((64, 4)).astype(np.float32),
+            "next_obs": ids + 0.5,
             "priority": np.ones(64, np.float32),
             "version": np.zeros(64, np.int64),
         }
         push.send_multipart(encode("transitions", {"actor_index": 0}, arrays, seq=seq + 1))
     push.close(linger=5000)
     ctx.term()
+
+
+def _config(*extra: str):
+    overrides = ["replay.min_size=256", "replay.capacity=1000", "replay.samples_per_insert=0", "learner.batch_size=32"]
+    config = load_config("cartpole", [*overrides, *extra])
+    return dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
+
+
+@contextmanager
+def _serving(config):
+    """A replay server thread holding STORED identified transitions."""
+    server = ReplayServer(config, SPEC)
+    stop = threading.Event()
+    serving = threading.Thread(target=server.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
+    serving.start()
+    try:
+        _fill(config.net.ingest_port)
+        yield server
+    finally:
+        stop.set()
+        serving.join(5)
+        server.close()
+
+
+def _take(client: ReplayClient, count: int, check=None) -> int:
+    taken, deadline = 0, time.monotonic() + 30
+    while taken < count:
+        assert time.monotonic() < deadline, f"only {taken} batches arrived"
+        batch = client.get_batch(timeout=0.2)
+        if batch is not None:
+            taken += 1
+            if check is not None:
+                check(batch)
+    return taken
+
+
+def _assert_identified(batch) -> None:
+    """Each row's observations are those of the insert its id names, and stay so while the batch is in use."""
+    ids = torch.from_numpy(batch.id.astype(np.float32))
+    for _ in range(2):
+        assert torch.equal(batch.obs[:, 0], ids) and torch.equal(batch.next_obs[:, 3], ids + 0.5)
+        time.sleep(0.002)  # replay meanwhile answers the requests in flight, into other slots
+
+
+needs_shm = pytest.mark.skipif(not available(), reason="/dev/shm is not a writable directory here")
+
+
+@needs_shm
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_batches_through_shared_memory_hold_the_sampled_observations(threaded: bool) -> None:
+    config = _config()
+    ctx = zmq.Context()
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, threaded=threaded, spec=SPEC)
+    try:
+        with _serving(config) as server:
+            client.start()
+            _take(client, 60, _assert_identified)
+            assert client.batches_by_shared_memory >= 60 - config.learner.prefetch and client.batches_by_socket == 0
+            assert server.batches_by_shared_memory >= client.batches_by_shared_memory
+            path = client._batch_file.path if client._batch_file is not None else None
+            assert path is not None and os.path.exists(path)
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
+    assert not os.path.exists(path), "the learner's batch file outlived the client"
+
+
+@needs_shm
+def test_a_batch_file_replay_will_not_write_sends_batches_over_the_socket(caplog) -> None:
+    """A file replay refuses (here: readable by others, as one of another user's would be) is given up."""
+    config = _config()
+    ctx = zmq.Context()
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, spec=SPEC)
+    try:
+        with _serving(config) as server, caplog.at_level(logging.INFO):
+            client.start()
+            path = client._batch_file.path
+            os.chmod(path, 0o644)
+            _take(client, 20, _assert_identified)
+            assert client.batches_by_shared_memory == 0 and client.batches_by_socket >= 20
+            assert server.batches_by_shared_memory == 0
+            assert client._batch_file is None and not os.path.exists(path)
+            assert "not private" in caplog.text and "batches come over the socket" in caplog.text
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("learner_side, replay_side", [(False, True), (True, False)], ids=["learner-off", "replay-off"])
+def test_shared_memory_batches_off_on_either_side_means_the_socket(learner_side: bool, replay_side: bool) -> None:
+    config = _config()
+
+    def shm(on: bool):
+        return dataclasses.replace(config, net=dataclasses.replace(config.net, shared_memory_batches=on))
+
+    ctx = zmq.Context()
+    client = ReplayClient(shm(learner_side), "127.0.0.1", pin_memory=False, ctx=ctx, spec=SPEC)
+    try:
+        with _serving(shm(replay_side)):
+            client.start()
+            _take(client, 10, _assert_identified)
+            assert client.batches_by_shared_memory == 0 and client._batch_file is None
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
 
 
 @pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
