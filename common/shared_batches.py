@@ -3,8 +3,9 @@
 Why: an Atari batch of 512 holds 29 MB of stacked frames. Over loopback TCP the kernel copies them into
 the socket and out again, and at 50 batches/s that is about 3 GB/s of copying on the cores that also
 ingest the actors' data. Instead the learner owns a file in /dev/shm with one slot per batch it may
-have in flight; a `sample` request names a slot, replay gathers the sampled observations straight into
-it, and its reply (`batch_ref`) carries only the small arrays. The learner trains on the slot in place.
+have in flight; a `sample` request names a slot, replay writes the whole batch straight into it (the
+observations gathered from its storage, then the small arrays), and its reply (`batch_ref`) is a header
+only: nothing to receive or decode but the slot number. The learner trains on the slot in place.
 
 A slot belongs to the server from the request that names it until the reply, then to the learner until
 it asks for its next batch. The server writes only into a file under /dev/shm whose name matches the
@@ -29,7 +30,16 @@ __all__ = ["SHM_DIR", "BatchFile", "BatchFileMapping", "SharedBatchesUnavailable
 
 MAGIC = b"distdqnB"
 FORMAT_VERSION = 1
-ARRAYS = ("obs", "next_obs")
+# A slot holds a whole `batch`: the observations in the run's dtype, the rest as on the wire.
+ARRAYS = ("obs", "action", "reward", "discount", "next_obs", "weight", "index", "id")
+FIXED_DTYPES = {
+    "action": "int64",
+    "reward": "float32",
+    "discount": "float32",
+    "weight": "float32",
+    "index": "int64",
+    "id": "int64",
+}
 MAX_SLOTS = 128
 MAX_FILE_BYTES = 64 << 30
 NAME_PATTERN = re.compile(r"distdqn-batches-[0-9a-f]{32}")
@@ -40,15 +50,15 @@ class SharedBatchesUnavailable(Unavailable):
 
 
 def _layout(batch_size: int, obs_shape: Sequence[int], obs_dtype: np.dtype) -> tuple[list, int]:
-    """([name, dtype, shape, offset] for obs and next_obs, bytes a slot takes): both sides compute it."""
-    dtype = np.dtype(obs_dtype)
-    shape = [int(batch_size), *(int(d) for d in obs_shape)]
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    """([name, dtype, shape, offset] of each array of a slot, bytes a slot takes): both sides compute it."""
     layout, offset = [], 0
     for name in ARRAYS:
+        fixed = FIXED_DTYPES.get(name)
+        dtype = np.dtype(fixed or obs_dtype)
+        shape = [int(batch_size)] if fixed else [int(batch_size), *(int(d) for d in obs_shape)]
         offset = round_up(offset, ALIGN)
         layout.append([name, dtype.name, shape, offset])
-        offset += nbytes
+        offset += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return layout, round_up(max(offset, 1), PAGE)
 
 
@@ -68,7 +78,7 @@ def remove_stale(directory: str = SHM_DIR) -> list[str]:
 
 
 class BatchFile:
-    """The learner's side: `slots` slots of `batch_size` observations and next observations each."""
+    """The learner's side: `slots` slots, each holding one batch of `batch_size` transitions."""
 
     def __init__(
         self, batch_size: int, obs_shape: Sequence[int], obs_dtype: np.dtype, slots: int, directory: str = SHM_DIR
@@ -97,7 +107,7 @@ class BatchFile:
         return self._file.closed
 
     def views(self, slot: int) -> dict[str, np.ndarray]:
-        """obs and next_obs of one slot, in place in the file (valid until close)."""
+        """The arrays of one slot, in place in the file."""
         return self._views[slot]
 
     def close(self) -> None:
@@ -158,7 +168,7 @@ class BatchFileMapping:
         self._views = _slot_views(self._file.mm, self._file.data_at, slot_bytes, expected, slots)
 
     def views(self, slot: int) -> dict[str, np.ndarray]:
-        """obs and next_obs of one slot, to write a batch into; IndexError outside [0, slots)."""
+        """The arrays of one slot, to write a batch into; IndexError outside [0, slots)."""
         if not 0 <= slot < self.slots:
             raise IndexError(f"slot {slot} outside [0, {self.slots})")
         return self._views[slot]

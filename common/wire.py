@@ -159,9 +159,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "batch_ref": Schema(
         meta={"size": int, "slot": int, "token": str},
-        arrays={"action": _I64, "reward": _F32, "discount": _F32, "weight": _F32, "index": _I64, "id": _I64},
-        batched=True,
-        doc="replay -> learner: a sampled batch whose obs and next_obs are in the requested shared-memory slot",
+        doc="replay -> learner: a sampled batch is in the requested slot of the learner's shared-memory file",
     ),
     "priorities": Schema(
         arrays={"index": _I64, "id": _I64, "priority": _F32},

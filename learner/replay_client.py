@@ -15,9 +15,10 @@ priority updates, and where that runs depends on the device:
 The ZeroMQ socket is used by one thread only (sockets are not thread-safe).
 
 With replay on the same host, each request names a slot of the learner's batch file in /dev/shm
-(common/shared_batches.py) and replay gathers the sampled observations straight into it: an Atari batch
-then crosses no socket. On a CPU the batch's tensors are the slot itself, so they stay valid until the
-next `get_batch`; on CUDA they are copied into pinned memory at once and the slot is free again.
+(common/shared_batches.py) and replay writes the sampled batch straight into it: an Atari batch then
+crosses no socket, and the reply is a header to decode, not eight arrays. On a CPU the batch's tensors
+are the slot itself, so they stay valid until the next `get_batch`; on CUDA (and in the threaded mode)
+they are copied out at once and the slot is free again.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Batch:
     weight: torch.Tensor
     index: np.ndarray
     id: np.ndarray
-    slot: int = -1  # the batch file slot holding obs and next_obs (CPU, shared memory), else -1
+    slot: int = -1  # the batch file slot these tensors are (CPU, shared memory), else -1
 
 
 class ReplayClient:
@@ -264,10 +265,16 @@ class ReplayClient:
             if file is None or msg.meta["token"] != file.token or not 0 <= slot < file.slots:
                 self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
                 return
+            if msg.meta["size"] != file.batch_size:
+                self.decode_errors += 1
+                log.warning(
+                    "replay filled slot %d with %d transitions, not %d", slot, msg.meta["size"], file.batch_size
+                )
+                return
             if self.batches_by_shared_memory == 0:
-                log.info("sampled observations arrive in shared memory (%s)", file.path)
+                log.info("sampled batches arrive in shared memory (%s)", file.path)
             self.batches_by_shared_memory += 1
-            self._ready.append(self._to_batch({**msg.arrays, **file.views(slot)}, slot))
+            self._ready.append(self._to_batch(file.views(slot), slot))
         elif msg.kind == "replay_stats":
             if msg.meta["inserted"] < self.stats.get("inserted", 0):
                 # A restarted server forgot the requests we had in flight.
@@ -285,11 +292,14 @@ class ReplayClient:
         (into pinned memory when pinning anyway) and frees the slot at once."""
         copy_slot = slot >= 0 and self.threaded
 
+        def array(name: str, pinned: bool = False) -> np.ndarray:
+            a = arrays[name]
+            if not a.flags.writeable or (copy_slot and not pinned):
+                a = a.copy()  # bytes (read-only; torch wants memory it may write), or a slot to free
+            return a
+
         def tensor(name: str) -> torch.Tensor:
-            array = arrays[name]
-            if not array.flags.writeable or (copy_slot and not self.pin_memory and name in ("obs", "next_obs")):
-                array = array.copy()  # bytes (read-only; torch wants memory it may write), or a slot to free
-            t = torch.from_numpy(array)
+            t = torch.from_numpy(array(name, pinned=self.pin_memory))
             return t.pin_memory() if self.pin_memory else t
 
         batch = Batch(
@@ -299,8 +309,8 @@ class ReplayClient:
             discount=tensor("discount"),
             next_obs=tensor("next_obs"),
             weight=tensor("weight"),
-            index=arrays["index"],
-            id=arrays["id"],
+            index=array("index"),
+            id=array("id"),
         )
         if copy_slot:
             self._free_slots.append(slot)

@@ -298,13 +298,15 @@ class ReplayServer:
             request = self._pending.popleft()
             slot, refused = self._batch_slot(request)
             result = self.buffer.sample(request.batch_size, request.beta, slot)
-            arrays = {name: array for name, array in result.data.items() if slot is None or name not in slot}
+            arrays = dict(result.data)
             arrays.update(weight=result.weights, index=result.indices, id=result.ids)
             if slot is not None:
                 assert request.shm is not None
+                for name in ("weight", "index", "id"):  # the stored fields were sampled into the slot already
+                    slot[name][...] = arrays[name]
                 self.batches_by_shared_memory += 1
                 meta = {"size": request.batch_size, "slot": request.shm[2], "token": request.shm[1]}
-                self._reply(request.identity, "batch_ref", meta, arrays)
+                self._reply(request.identity, "batch_ref", meta)
             else:
                 meta = {"size": request.batch_size, **({"shm_refused": refused} if refused else {})}
                 self._reply(request.identity, "batch", meta, arrays)

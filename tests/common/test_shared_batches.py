@@ -36,9 +36,12 @@ def test_what_replay_writes_into_a_slot_is_what_the_learner_reads(batch_file: Ba
         rng = np.random.default_rng(0)
         written = {}
         for slot in range(3):
-            for name, view in mapping.views(slot).items():
-                assert view.shape == (32, *OBS) and view.dtype == U8
-                view[...] = written[slot, name] = rng.integers(0, 256, view.shape, dtype=np.uint8)
+            views = mapping.views(slot)
+            assert list(views) == ["obs", "action", "reward", "discount", "next_obs", "weight", "index", "id"]
+            for name, view in views.items():
+                obs = name in ("obs", "next_obs")
+                assert view.shape == ((32, *OBS) if obs else (32,)) and (view.dtype == U8) == obs
+                view[...] = written[slot, name] = rng.integers(0, 256, view.shape).astype(view.dtype)
         for (slot, name), array in written.items():
             np.testing.assert_array_equal(batch_file.views(slot)[name], array)
         with pytest.raises(IndexError):

@@ -137,17 +137,7 @@ EXAMPLES: dict[str, Callable[[], tuple[Meta, Arrays]]] = {
             "id": np.array([1007, 99_999, 200_000, 42], dtype=np.int64),
         },
     ),
-    "batch_ref": lambda: (
-        {"size": 3, "slot": 2, "token": "0123456789abcdef0123456789abcdef"},
-        {
-            "action": np.array([0, 1, 1], dtype=np.int64),
-            "reward": np.array([1.0, 2.97, 0.5], dtype=np.float32),
-            "discount": np.array([0.97, 0.0, 0.97], dtype=np.float32),
-            "weight": np.array([1.0, 0.5, 0.25], dtype=np.float32),
-            "index": np.array([7, 99_999, 0], dtype=np.int64),
-            "id": np.array([1007, 99_999, 200_000], dtype=np.int64),
-        },
-    ),
+    "batch_ref": lambda: ({"size": 512, "slot": 2, "token": "0123456789abcdef0123456789abcdef"}, {}),
     "priorities": lambda: (
         {},
         {

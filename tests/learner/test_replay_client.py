@@ -88,6 +88,9 @@ def _assert_identified(batch) -> None:
     ids = torch.from_numpy(batch.id.astype(np.float32))
     for _ in range(2):
         assert torch.equal(batch.obs[:, 0], ids) and torch.equal(batch.next_obs[:, 3], ids + 0.5)
+        assert np.array_equal(batch.index, batch.id)  # 512 inserts into 1,000 slots: slot i holds insert i
+        assert bool((batch.reward == 1).all()) and bool((batch.discount == np.float32(0.97)).all())
+        assert bool((batch.weight > 0).all()) and bool((batch.weight <= 1).all())
         time.sleep(0.002)  # replay meanwhile answers the requests in flight, into other slots
 
 
