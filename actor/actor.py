@@ -31,7 +31,7 @@ from common.frame_dedup import dedup_stacks
 from common.policy_network import policy_network
 from common.process import derive_seed
 from common.security import secure_client
-from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket
+from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
 WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
-_SEND_MORE = int(zmq.SNDMORE)
-
-
-def send_frames(sock: zmq.Socket, frames: list) -> None:
-    """sock.send_multipart(frames, copy=False) without its per-frame checks and flag arithmetic, which cost
-    more than the sends themselves for a message of small arrays (about 40 us a message against 17 us)."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, _SEND_MORE if i < last else 0, copy=False)
 
 
 def initial_priorities(

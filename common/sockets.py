@@ -25,6 +25,7 @@ BULK_KERNEL_BUFFER = 64 << 10
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 5000
 MIN_LIBZMQ = (4, 3, 5)
+_SEND_MORE = int(zmq.SNDMORE)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ def make_socket(
         # A reply to a peer that has gone away is an error we want to see, not a silent drop.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     return sock
+
+
+def send_frames(sock: zmq.Socket, frames: list) -> None:
+    """sock.send_multipart(frames, copy=False) without its per-frame checks and flag arithmetic, which cost
+    more than the sends themselves for a message of small arrays (about 40 us a message against 17 us).
+    For the messages sent every step or update: actors' transitions, the learner's requests."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _SEND_MORE if i < last else 0, copy=False)
 
 
 def tcp_address(host: str, port: int) -> str:

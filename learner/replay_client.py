@@ -39,13 +39,14 @@ from common.envs import EnvSpec
 from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
 from common.shared_batches import BatchFile, available
-from common.sockets import connect, make_socket
+from common.sockets import connect, make_socket, send_frames
 from common.wire import DecodeError, Encoder, decode
 
 log = logging.getLogger(__name__)
 
 STATS_PERIOD_S = 1.0
 LOST_REQUESTS_S = 30.0
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs microseconds a call
 MONITOR_PERIOD_S = 0.1  # connection events are logged, not acted on: no need to look every update
 PUT_WAIT_S = 0.01  # the longest a priority update waits while the batch queue is full
 
@@ -98,6 +99,7 @@ class ReplayClient:
         self._last_batch = time.monotonic()
         self._batch_file: BatchFile | None = None
         self._free_slots: deque[int] = deque()
+        self._slot_batches: dict[int, Batch] = {}  # CPU: each slot's tensors, made once per batch file
         self._held_slot = -1  # the slot of the batch the update loop has now (CPU, shared memory)
         self.batches_by_shared_memory = 0
         self.batches_by_socket = 0
@@ -179,6 +181,7 @@ class ReplayClient:
             self._batch_file.close()
             self._batch_file = None
         self._free_slots.clear()
+        self._slot_batches.clear()
         self._held_slot = -1
 
     def _reset_requests(self) -> None:
@@ -199,7 +202,7 @@ class ReplayClient:
     def _send_priorities(self, index: np.ndarray, ids: np.ndarray, priority: np.ndarray) -> None:
         assert self._sock is not None
         frames = self._encode("priorities", arrays={"index": index, "id": ids, "priority": priority})
-        self._sock.send_multipart(frames, copy=False)
+        send_frames(self._sock, frames)
 
     def _pump(self, wait_ms: int) -> None:
         """One round of the socket's work: top up the requests in flight, send priorities and the
@@ -217,13 +220,10 @@ class ReplayClient:
             if self._batch_file is not None and self._free_slots:
                 meta.update(shm_path=self._batch_file.path, shm_token=self._batch_file.token)
                 meta["shm_slot"] = self._free_slots.popleft()
-            sock.send_multipart(self._encode("sample", meta))
+            send_frames(sock, self._encode("sample", meta))
             self._in_flight += 1
-        while True:
-            try:
-                self._send_priorities(*self.priorities.get_nowait())
-            except queue.Empty:
-                break
+        while not self.priorities.empty():  # this thread is the queue's only reader: no Empty to catch
+            self._send_priorities(*self.priorities.get_nowait())
         if now >= self._next_stats:
             sock.send_multipart(self._encode("stats_request"))
             self._next_stats = now + STATS_PERIOD_S
@@ -234,10 +234,11 @@ class ReplayClient:
             self._reset_requests()
             self._last_batch = now
             return
-        if not sock.poll(wait_ms):
+        # EVENTS, not poll (a Poller per call) or a NOBLOCK receive that ends in an exception: this runs
+        # once per update, and a reply has usually arrived already.
+        if not sock.get(_EVENTS) & _POLLIN and not sock.poll(wait_ms):
             return
-        # EVENTS, not a NOBLOCK receive that ends in an exception: this runs once per update.
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+        while sock.get(_EVENTS) & _POLLIN:
             self._receive(sock.recv_multipart(copy=False))
 
     def _receive(self, frames: list) -> None:
@@ -274,7 +275,12 @@ class ReplayClient:
             if self.batches_by_shared_memory == 0:
                 log.info("sampled batches arrive in shared memory (%s)", file.path)
             self.batches_by_shared_memory += 1
-            self._ready.append(self._to_batch(file.views(slot), slot))
+            batch = self._slot_batches.get(slot)
+            if batch is None:
+                batch = self._to_batch(file.views(slot), slot)
+                if not self.threaded:  # the same memory every time: tensors over it need making once
+                    self._slot_batches[slot] = batch
+            self._ready.append(batch)
         elif msg.kind == "replay_stats":
             if msg.meta["inserted"] < self.stats.get("inserted", 0):
                 # A restarted server forgot the requests we had in flight.
