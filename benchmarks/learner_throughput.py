@@ -46,12 +46,20 @@ class Trainer:
 
     def step(self, batch: Any) -> None:
         learner = self.learner
-        learner.update(batch)  # ends with float(loss): synchronous even on CUDA
+        learner.update(batch)  # on CUDA it returns before the GPU is done: windows end with finish()
         learner.updates += 1
         if learner.updates % self.lc.target_update_period == 0:
             learner.target.load_state_dict(learner.online.state_dict())
         if learner.updates % self.lc.publish_period == 0:
             learner.publish()
+
+
+def finish(trainer: Trainer) -> None:
+    """Wait for the device to finish the updates queued so far, so a window counts only finished ones."""
+    if trainer.learner.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(trainer.learner.device)
 
 
 def wire_window(trainer: Trainer, duration: float) -> tuple[float, float]:
@@ -66,6 +74,7 @@ def wire_window(trainer: Trainer, duration: float) -> tuple[float, float]:
         if batch is not None:
             trainer.step(batch)
             updates += 1
+    finish(trainer)
     span = time.monotonic() - began
     return updates / span, waited / span
 
@@ -76,6 +85,7 @@ def memory_window(trainer: Trainer, batches: list[Any], duration: float) -> floa
     while time.monotonic() - began < duration:
         trainer.step(batches[updates % len(batches)])
         updates += 1
+    finish(trainer)
     return updates / (time.monotonic() - began)
 
 
@@ -157,8 +167,11 @@ def main() -> int:
                 batch = learner.replay.get_batch(timeout=30)
                 if batch is None:
                     raise TimeoutError("no batch from the replay server within 30 s")
-                # Kept for the memory windows: a copy, as a batch may be a shared-memory slot replay refills.
-                batches.append(dataclasses.replace(batch, obs=batch.obs.clone(), next_obs=batch.next_obs.clone()))
+                # Kept for the memory windows. A batch that is a shared-memory slot (CPU) is copied, as replay
+                # refills the slot; others are already the client's own (pinned, on CUDA) and kept as they are.
+                if batch.slot >= 0:
+                    batch = dataclasses.replace(batch, obs=batch.obs.clone(), next_obs=batch.next_obs.clone(), slot=-1)
+                batches.append(batch)
             memory_window(trainer, batches, min(1.0, args.duration))  # warm up allocator and kernels
             for _ in range(args.repeats):
                 updates, waited = wire_window(trainer, args.duration)

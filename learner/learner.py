@@ -145,8 +145,13 @@ class Learner:
             for group in self.optimizer.param_groups:
                 group["lr"] = lc.lr + (lc.lr_final - lc.lr) * fraction
 
-    def update(self, batch: Batch) -> tuple[float, float]:
-        """One gradient step; returns (loss, mean Q of the taken actions)."""
+    def update(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step; returns (loss, mean Q of the taken actions) as scalar tensors on the device.
+
+        Nothing here waits for the device: on CUDA the priorities are copied to pinned host memory
+        asynchronously and handed over with an event that says when they have landed, and the loss is
+        read back only when a log row is written. The CPU can then queue the next step's work while
+        the GPU runs this one."""
         dev, nb = self.device, self.device.type == "cuda"
         obs = batch.obs.to(dev, non_blocking=nb)
         next_obs = batch.next_obs.to(dev, non_blocking=nb)
@@ -167,11 +172,18 @@ class Learner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.max_grad_norm)
         self.optimizer.step()
-        self.replay.send_priorities(batch.index, batch.id, td_abs.to("cpu", torch.float32).numpy())
+        priority = td_abs.detach().float()
+        if nb:
+            host = priority.to("cpu", non_blocking=True)  # pinned; filled when the stream gets there
+            landed = torch.cuda.Event()
+            landed.record()
+            self.replay.send_priorities(batch.index, batch.id, host, ready=landed)
+        else:
+            self.replay.send_priorities(batch.index, batch.id, priority.numpy())
         q_mean = q_values.detach().gather(1, action.unsqueeze(1)).mean()
-        return float(loss.detach()), float(q_mean)
+        return loss.detach(), q_mean
 
-    def train_step(self, batch: Batch) -> tuple[float, float]:
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything one update changes: schedules, the gradient step, target sync, publication."""
         lc = self.config.learner
         self._schedules()
@@ -200,8 +212,8 @@ class Learner:
         start = last_row = time.monotonic()
         last_checkpoint = next_health_check = start
         row_updates, row_steps = self.updates, self.env_steps
-        losses: list[float] = []
-        qs: list[float] = []
+        losses: list[torch.Tensor] = []  # read back once a row: each read would wait for the GPU
+        qs: list[torch.Tensor] = []
         waited = 0.0
         wait_since: float | None = None
         consecutive = 0
@@ -313,8 +325,8 @@ class Learner:
         span: float,
         row_updates: int,
         row_steps: int,
-        losses: list[float],
-        qs: list[float],
+        losses: list[torch.Tensor],
+        qs: list[torch.Tensor],
         waited: float,
     ) -> None:
         stats = self.replay.stats
@@ -327,8 +339,8 @@ class Learner:
             "learner_updates": self.updates,
             "env_steps_per_s": (self.env_steps - row_steps) / span,
             "updates_per_s": (self.updates - row_updates) / span,
-            "loss": float(np.mean(losses)) if losses else None,
-            "q_mean": float(np.mean(qs)) if qs else None,
+            "loss": float(torch.stack(losses).mean()) if losses else None,
+            "q_mean": float(torch.stack(qs).mean()) if qs else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "replay_size": stats.get("size"),
             "replay_insert_per_s": stats.get("insert_rate"),

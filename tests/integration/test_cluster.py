@@ -7,6 +7,7 @@ Each test bounds its own run time with deadlines on every wait (no test may hang
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import time
@@ -76,6 +77,8 @@ def test_cluster_learns_cartpole(cluster: Cluster) -> None:
     assert evals, f"no evaluations in metrics.jsonl\n{cluster.diagnostics()}"
     assert max(evals) >= LEARNED_RETURN > 5 * RANDOM_CARTPOLE_RETURN, f"eval returns {evals}\n{cluster.diagnostics()}"
     assert max(r.get("learner_updates", 0) for r in rows) > 0, f"the learner never updated\n{cluster.diagnostics()}"
+    trained = [r for r in rows if r.get("updates_per_s")]
+    assert trained and all(math.isfinite(r["loss"]) and math.isfinite(r["q_mean"]) for r in trained), trained[-3:]
     assert max(r.get("replay_size", 0) for r in rows) > 0, f"replay always reported empty\n{cluster.diagnostics()}"
     summary = json.loads((cluster.run_dir / "summary.json").read_text())
     assert summary["solved"] is True and summary["best_eval_return"] >= LEARNED_RETURN, summary

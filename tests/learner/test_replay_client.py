@@ -200,3 +200,62 @@ def test_batches_arrive_and_priorities_reach_replay(threaded: bool) -> None:
         serving.join(5)
         server.close()
         ctx.destroy(linger=0)
+
+
+class _CopyInFlight:
+    """Stands in for the torch.cuda.Event that a CUDA learner hands over with priorities still being
+    copied from the GPU (no GPU here): not passed until `land` is called."""
+
+    def __init__(self) -> None:
+        self.landed = threading.Event()
+
+    def land(self) -> None:
+        self.landed.set()
+
+    def query(self) -> bool:
+        return self.landed.is_set()
+
+    def synchronize(self) -> None:
+        assert self.landed.wait(10), "synchronize() waited on a copy that never landed"
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+def test_priorities_still_arriving_from_the_device_are_sent_once_they_have_landed(threaded: bool) -> None:
+    """The update loop hands priorities over without waiting for their copy; none goes out before it has
+    landed (it would carry whatever the buffer held), and later ones keep their order behind it."""
+    config = _config()
+    ctx = zmq.Context()
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, threaded=threaded)
+    try:
+        with _serving(config) as server:
+            client.start()
+            batch = None
+            while batch is None:
+                batch = client.get_batch(timeout=5)
+            before = server.buffer.max_priority
+            priority = np.full(32, 1e-3, np.float32)
+            copy = _CopyInFlight()
+            if threaded:
+                client.send_priorities(batch.index, batch.id, priority, ready=copy)
+                priority[0] = 1e6  # what the copy leaves in the buffer when it lands
+                client.send_priorities(batch.index[:1], batch.id[:1], np.full(1, 5e6, np.float32))
+                time.sleep(0.3)
+                _take(client, 4)
+                assert server.buffer.max_priority == before, "priorities went out before their copy landed"
+                copy.land()
+                deadline = time.monotonic() + 10
+                while server.buffer.max_priority != 5e6:
+                    assert time.monotonic() < deadline, f"max priority {server.buffer.max_priority}"
+                    _take(client, 1)
+            else:  # inline, the client waits for the copy itself (CUDA learners use the thread)
+                threading.Timer(0.2, copy.land).start()
+                priority[0] = 1e6
+                client.send_priorities(batch.index, batch.id, priority, ready=copy)
+                assert copy.query()
+                deadline = time.monotonic() + 10
+                while server.buffer.max_priority != 1e6:
+                    assert time.monotonic() < deadline, f"max priority {server.buffer.max_priority}"
+                    _take(client, 1)
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
