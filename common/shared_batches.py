@@ -130,19 +130,17 @@ class BatchFileMapping:
     ) -> None:
         if not path.endswith("-" + token):
             raise SharedBatchesUnavailable(f"the request's token does not name {path[:200]!r}")
-        try:
-            self._file = shm_files.MappedFile(
-                path,
-                "batches",
-                NAME_PATTERN,
-                MAGIC,
-                FORMAT_VERSION,
-                writable=True,
-                max_bytes=MAX_FILE_BYTES,
-                directory=directory,
-            )
-        except Unavailable as err:
-            raise SharedBatchesUnavailable(str(err)) from None
+        self._file = shm_files.MappedFile(
+            path,
+            "batches",
+            NAME_PATTERN,
+            MAGIC,
+            FORMAT_VERSION,
+            writable=True,
+            max_bytes=MAX_FILE_BYTES,
+            directory=directory,
+            error=SharedBatchesUnavailable,
+        )
         try:
             self._check(token, batch_size, obs_shape, obs_dtype)
         except BaseException:

@@ -132,19 +132,17 @@ class SharedWeightsReader:
     def __init__(self, path: str, token: str, directory: str = SHM_DIR) -> None:
         if not os.path.basename(path).endswith(token):
             raise SharedWeightsUnavailable(f"not a weights file this actor will open: {path[:200]!r}")
-        try:
-            self._file = shm_files.MappedFile(
-                path,
-                "weights",
-                NAME_PATTERN,
-                MAGIC,
-                FORMAT_VERSION,
-                writable=False,
-                max_bytes=MAX_FILE_BYTES,
-                directory=directory,
-            )
-        except Unavailable as err:
-            raise SharedWeightsUnavailable(str(err)) from None
+        self._file = shm_files.MappedFile(
+            path,
+            "weights",
+            NAME_PATTERN,
+            MAGIC,
+            FORMAT_VERSION,
+            writable=False,
+            max_bytes=MAX_FILE_BYTES,
+            directory=directory,
+            error=SharedWeightsUnavailable,
+        )
         self._mm = self._file.mm
         try:
             self._parse(path, token)

@@ -89,7 +89,8 @@ class CreatedFile:
 
 class MappedFile:
     """Another process's file, opened only if it is a regular file under `directory` with a name matching
-    `pattern` and, to be written, this user's with mode 0600. `kind` names the file in error messages."""
+    `pattern` and, to be written, this user's with mode 0600. `kind` names the file in error messages,
+    which are raised as `error` (the caller's own kind of Unavailable)."""
 
     def __init__(
         self,
@@ -102,20 +103,21 @@ class MappedFile:
         writable: bool,
         max_bytes: int,
         directory: str = SHM_DIR,
+        error: type[Unavailable] = Unavailable,
     ) -> None:
         name = os.path.basename(path)
         if os.path.dirname(path) != directory or not pattern.fullmatch(name):
-            raise Unavailable(f"not a {kind} file this process will open: {path[:200]!r}")
+            raise error(f"not a {kind} file this process will open: {path[:200]!r}")
         try:
             fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
         except OSError as err:
-            raise Unavailable(f"cannot open {path}: {err.strerror}") from None
+            raise error(f"cannot open {path}: {err.strerror}") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or not PAGE <= info.st_size <= max_bytes:
-                raise Unavailable(f"{path} is not a {kind} file")
+                raise error(f"{path} is not a {kind} file")
             if writable and (info.st_uid != os.geteuid() or info.st_mode & 0o077):
-                raise Unavailable(f"{path} is not private to this user (owner {info.st_uid}, mode {info.st_mode:o})")
+                raise error(f"{path} is not private to this user (owner {info.st_uid}, mode {info.st_mode:o})")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             self.mm = mmap.mmap(fd, info.st_size, prot=prot)
         finally:
@@ -124,23 +126,23 @@ class MappedFile:
         self.size = info.st_size
         self._closed = False
         try:
-            self.layout, self.data_at = self._parse(kind, magic, file_format)
+            self.layout, self.data_at = self._parse(kind, magic, file_format, error)
         except BaseException:
             self.mm.close()
             raise
 
-    def _parse(self, kind: str, magic: bytes, file_format: int) -> tuple[dict[str, Any], int]:
+    def _parse(self, kind: str, magic: bytes, file_format: int, error: type[Unavailable]) -> tuple[dict[str, Any], int]:
         found, found_format, layout_bytes, data_at = HEADER.unpack_from(self.mm, 0)
         if found != magic or found_format != file_format:
-            raise Unavailable(f"{self.path}: not a distdqn {kind} file of format {file_format}")
+            raise error(f"{self.path}: not a distdqn {kind} file of format {file_format}")
         if not 0 < layout_bytes <= min(MAX_LAYOUT_BYTES, self.size - LAYOUT_AT) or data_at < LAYOUT_AT + layout_bytes:
-            raise Unavailable(f"{self.path}: bad layout size")
+            raise error(f"{self.path}: bad layout size")
         try:
             layout = msgpack.unpackb(self.mm[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False, strict_map_key=True)
         except Exception as err:  # msgpack raises several unrelated types for garbage
-            raise Unavailable(f"{self.path}: unreadable layout ({type(err).__name__})") from None
+            raise error(f"{self.path}: unreadable layout ({type(err).__name__})") from None
         if not isinstance(layout, dict):
-            raise Unavailable(f"{self.path}: unreadable layout")
+            raise error(f"{self.path}: unreadable layout")
         return layout, data_at
 
     @property

@@ -172,14 +172,13 @@ class Learner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.max_grad_norm)
         self.optimizer.step()
-        priority = td_abs.detach().float()
-        if nb:
-            host = priority.to("cpu", non_blocking=True)  # pinned; filled when the stream gets there
+        if nb:  # (td_abs is detached and float32, autocast or not)
+            host = td_abs.to("cpu", non_blocking=True)  # pinned; filled when the stream gets there
             landed = torch.cuda.Event()
             landed.record()
             self.replay.send_priorities(batch.index, batch.id, host, ready=landed)
         else:
-            self.replay.send_priorities(batch.index, batch.id, priority.numpy())
+            self.replay.send_priorities(batch.index, batch.id, td_abs.numpy())
         q_mean = q_values.detach().gather(1, action.unsqueeze(1)).mean()
         return loss.detach(), q_mean
 

@@ -186,7 +186,8 @@ class ReplayClient:
         self._close_batch_file()
         if self.spec is None or not self.config.net.shared_memory_batches or not available():
             return
-        # A slot for each request in flight or batch decoded (prefetch in all), one for the batch in use.
+        # A slot for each request in flight or batch decoded (prefetch in all), one for the batch in use,
+        # and one spare; a request that finds none free is answered over the socket.
         slots = self.config.learner.prefetch + 2
         try:
             self._batch_file = BatchFile(
