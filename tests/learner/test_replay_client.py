@@ -193,6 +193,9 @@ def test_batches_arrive_and_priorities_reach_replay(threaded: bool) -> None:
                 drawn.extend(batch.index.tolist())
         share = drawn[-10 * 32 :].count(favourite) / (10 * 32)
         assert share > 0.5, f"the priority update did not reach replay ({share:.0%} of samples)"
+        deadline = time.monotonic() + 5  # the client asks for replay_stats once a second
+        while client.stats.get("size") != STORED and time.monotonic() < deadline:
+            client.get_batch(timeout=0.2)
         assert client.stats.get("size") == STORED and client.decode_errors == 0
     finally:
         client.close()
