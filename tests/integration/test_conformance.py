@@ -1,0 +1,111 @@
+"""Conformance: an actor written from docs/protocol.md alone takes part in a real run, and its books balance.
+
+`foreign_actor.py` stands for an actor from another codebase (pyzmq, msgpack, numpy and gymnasium
+only). Here it joins a real replay server and learner with index -1, acts on CartPole with the Q the
+document defines, pushes its transitions, reports, follows new weight versions from the broadcast,
+stops on the learner's `stop` and closes its stream. Replay must have stored every transition it sent
+and refused no message of it; the learner must have counted its steps and refused none of its reports.
+
+Rate limiting is off (`replay.samples_per_insert=0`): once the learner has stopped sampling, a limiter
+would hold the actor's last messages back unstored, which is the accounting test's subject, not this one.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.slow
+
+FOREIGN_ACTOR = Path(__file__).with_name("foreign_actor.py")
+ALLOWED_IMPORTS = {"gymnasium", "msgpack", "numpy", "zmq"}
+OVERRIDES = (
+    "replay.samples_per_insert=0",
+    "replay.min_size=256",
+    "learner.batch_size=64",
+    "learner.publish_period=10",
+    "stop.max_updates=300",
+    "stop.eval_return=1000000",
+    "stop.max_wall_s=120",
+    "log_interval_s=1",
+    "actor.stats_interval_s=0.5",
+)
+
+
+def actor_credentials(cluster: Cluster) -> list[str]:
+    """The flags that give the foreign actor its keys, where the servers require them.
+
+    The run's servers take no CURVE settings here, so a loopback client needs none; the actor's
+    `--curve-secret-key PATH --curve-server-key PATH` (pyzmq certificate files) are its only input for them.
+    """
+    return []
+
+
+def test_foreign_actor_imports_nothing_of_distdqn() -> None:
+    tree = ast.parse(FOREIGN_ACTOR.read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports"
+            imported.add((node.module or "").split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == ALLOWED_IMPORTS
+
+
+def _ledger(cluster: Cluster) -> dict:
+    return json.loads((cluster.run_dir / "replay" / "accounting.json").read_text())
+
+
+def test_a_foreign_actor_joins_acts_follows_weights_and_closes_its_stream(cluster: Cluster) -> None:
+    cluster.start_replay(*OVERRIDES)
+    cluster.start_learner(*OVERRIDES)
+    report_path = cluster.tmp_path / "foreign-actor.json"
+    argv = [sys.executable, str(FOREIGN_ACTOR), "--learner", cluster.learner_address, "--report", str(report_path)]
+    cluster.start("foreign-actor", [*argv, "--max-seconds", "150", *actor_credentials(cluster)])
+
+    code = cluster.wait_exit("foreign-actor", timeout_s=180)
+    assert code == 0, f"the foreign actor ended with {code}\n{cluster.diagnostics()}"
+    report = json.loads(report_path.read_text())
+    assert report["project_modules"] == [], "the foreign actor loaded distdqn modules"
+    assert report["stop_reason"] and "update budget" in report["stop_reason"], report
+    assert cluster.wait_exit("learner", timeout_s=60) == 1, (
+        f"the learner did not stop (1: not solved)\n{cluster.diagnostics()}"
+    )
+    cluster.procs["replay"].send_signal(signal.SIGTERM)
+    assert cluster.wait_exit("replay", timeout_s=30) == 0, f"replay did not stop\n{cluster.diagnostics()}"
+
+    # It followed the broadcast: at least two versions newer than the one it started with, in order.
+    versions = report["applied_versions"]
+    assert len(versions) >= 2 and versions == sorted(set(versions)), report
+    assert versions[0] > report["initial_version"] >= 0, report
+    # It joined with -1 and got an index, and an epsilon that still explores.
+    assert report["actor_index"] >= 0 and 0.4**8 <= report["epsilon"] <= 1, report
+
+    # Every transition it sent is stored, its stream is closed and balanced, and nothing of it was refused.
+    ledger = _ledger(cluster)
+    rows = [r for r in ledger["streams"] if r["stream"] == report["stream"]]
+    assert len(rows) == 1, f"{report}\n{ledger}"
+    (row,) = rows
+    assert row["actor_index"] == report["actor_index"], row
+    assert row["closed"] and row["balanced"], row
+    assert report["sent"] >= 256 and row["sent"] == report["sent"] == row["stored"], (row, report)
+    assert (row["rejected"], row["dropped"], row["lost"]) == ({}, 0, 0), row
+    assert row["actor_dropped"] == report["dropped"], (row, report)
+    assert ledger["rejected_messages"] == {}, ledger["rejected_messages"]
+
+    # The learner took its reports: its steps count toward the run, and no control message was refused.
+    summary = json.loads((cluster.run_dir / "summary.json").read_text())
+    assert 0 < summary["env_steps"] <= report["env_steps"], (summary, report)
+    assert report["reports"] >= 2, report
+    assert "rejected a control message" not in cluster.log("learner"), cluster.diagnostics()
