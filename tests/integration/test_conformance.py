@@ -16,6 +16,8 @@ import ast
 import json
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,3 +111,63 @@ def test_a_foreign_actor_joins_acts_follows_weights_and_closes_its_stream(cluste
     assert 0 < summary["env_steps"] <= report["env_steps"], (summary, report)
     assert report["reports"] >= 2, report
     assert "rejected a control message" not in cluster.log("learner"), cluster.diagnostics()
+
+
+# ---- the reference actor against the same rules ---------------------------------------------------
+class _Link:
+    """What Actor uses of its LearnerLink: no weights ever change, and reports are recorded."""
+
+    learner_host = "127.0.0.1"
+    curve = None
+    version = 1
+    stop_reason = None
+
+    def __init__(self) -> None:
+        from common.wire import Encoder
+
+        self.encode = Encoder("reference-actor")
+        self.reports: list[float] = []
+
+    def newest_weights(self, load=None) -> None:
+        return None
+
+    def send(self, kind: str, meta: dict, arrays: dict) -> None:
+        if kind == "actor_stats":
+            self.reports.append(time.monotonic())
+
+
+class _FullPush:
+    """A PUSH socket whose queue never drains: replay is holding inserts back."""
+
+    def poll(self, timeout_ms: int, flags: int) -> int:
+        time.sleep(timeout_ms / 1000)
+        return 0
+
+    def close(self, linger: int = 0) -> None:
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason="actor/actor.py sends no actor_stats while it waits to send")
+def test_the_reference_actor_keeps_reporting_while_it_waits_to_send() -> None:
+    """docs/protocol.md, Backpressure: reports keep flowing while the PUSH socket is full."""
+    from actor.actor import Actor
+    from common.config import load_config
+
+    link = _Link()
+    config = load_config("cartpole", ["actor.stats_interval_s=0.2", "actor.send_size=8", "network.hidden=[8]"])
+    actor = Actor(link, config, actor_index=0)
+    actor.push.close(linger=0)
+    actor.push = _FullPush()
+    stop = threading.Event()
+    worker = threading.Thread(target=actor.run, args=(stop,))
+    worker.start()
+    try:
+        time.sleep(2.0)  # the first message fills within a few steps; then every send waits
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        actor.env.close()
+        actor._push_ctx.term()
+    assert actor.transitions_sent == 0 and actor.transitions_dropped > 0, "the actor was never blocked"
+    waiting = [t for t in link.reports[:-1]]  # the last one is the report at exit
+    assert len(waiting) >= 5, f"{len(waiting)} reports in 2 s at one per 0.2 s"
