@@ -275,3 +275,19 @@ def test_parser_reads_a_known_section(doc_kinds: dict[str, DocKind]) -> None:
     assert hello.meta["pid"] == ("int", "optional")
     assert doc_kinds["transitions"].arrays["action"] == ("int64", "(B,)")
     assert doc_kinds["get_weights"].says_no_meta and doc_kinds["get_weights"].says_no_arrays
+
+
+def test_ports_table_matches_the_config(doc_text: str) -> None:
+    """Each socket's port setting, its default, and its place in --port-base P..P+3."""
+    from common.config import NetConfig
+
+    (table,) = [t for t in _tables(_section(doc_text, "Processes and sockets")) if t[0][0] == "Socket"]
+    head = table[0]
+    setting, default, offset = head.index("Port setting"), head.index("Default"), head.index("With `--port-base P`")
+    based = NetConfig().with_port_base(1000)
+    for row in table[1:]:
+        name = _name(row[setting]).removeprefix("net.")
+        assert int(row[default]) == getattr(NetConfig(), name), row
+        plus = row[offset].removeprefix("P").removeprefix("+") or "0"
+        assert getattr(based, name) == 1000 + int(plus), row
+    assert len(table) == 5, "four sockets"
