@@ -1,7 +1,9 @@
 """`python -m common.check_config [--print KEY] --preset P [overrides]`: validate a config, one line on error.
 
 The launcher runs this before starting anything, so a bad value stops the launch with one clear line
-instead of several processes failing at once.
+instead of several processes failing at once. Beyond the config's own checks (common/config.py, which
+every process repeats) it tries what only this machine can answer: that the env id can be made (its
+extra installed, say) and that a CUDA device asked for is there.
 """
 
 from __future__ import annotations
@@ -9,7 +11,21 @@ from __future__ import annotations
 import sys
 
 from common.cli import config_from_args, config_parser
+from common.config import RunConfig
+from common.errors import ConfigError
 from common.process import run_cli
+
+
+def check_machine(config: RunConfig) -> None:
+    """ConfigError when this machine cannot run the config: an env it cannot make, a missing CUDA device."""
+    from common.envs import env_spec  # late: gymnasium is imported only when checking the machine
+
+    env_spec(config.env)
+    if config.learner.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"learner.device: {config.learner.device} asked for, but torch sees no CUDA device")
 
 
 def _main() -> int:
@@ -17,8 +33,11 @@ def _main() -> int:
     parser.add_argument(
         "--print", dest="keys", action="append", default=[], help="print a resolved value, e.g. net.learner_port"
     )
+    parser.add_argument("--no-machine-check", action="store_true", help="check the config only (no env made)")
     args = parser.parse_args()
     config = config_from_args(args)
+    if not args.no_machine_check:
+        check_machine(config)
     for key in args.keys:
         value: object = config.to_dict()
         for part in key.split("."):

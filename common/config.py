@@ -96,8 +96,9 @@ class ReplayConfig:
     """target ratio of sampled to inserted transitions; 0 turns rate limiting off"""
     rate_tolerance: float = 0.0
     """how far (in sampled transitions) the ratio may drift before one side waits; 0 picks a safe value"""
-    snapshot_interval_s: float = 0.0
-    """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off"""
+    snapshot_interval_s: float = 60.0
+    """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off (a
+    restarted replay server comes back from the newest; Atari presets space them out: each copies the buffer)"""
     frame_dedup: bool = True
     """store stacked-frame observations (K, H, W) as distinct frames, rebuilt into stacks when sampled"""
     frames_per_transition: float = 1.0
@@ -275,6 +276,13 @@ class NetConfig:
             f"net.{missing[0] if missing else ''}",
             "CurveZMQ needs curve_secret_key, curve_server_key and curve_authorized_dir all set (or none)",
         )
+        _check(
+            bool(self.curve_secret_key) or _is_loopback(self.bind_host),
+            "net.bind_host",
+            f"refusing to listen on {self.bind_host}: a non-loopback address needs CurveZMQ (keys from "
+            "distdqn-keygen; set net.curve_secret_key, net.curve_server_key and net.curve_authorized_dir), "
+            "or listen on 127.0.0.1",
+        )
 
     def with_port_base(self, base: int) -> NetConfig:
         """Four consecutive ports from `base`: handy to run several clusters side by side."""
@@ -282,6 +290,13 @@ class NetConfig:
         return dataclasses.replace(
             self, learner_port=base, weights_port=base + 1, ingest_port=base + 2, sample_port=base + 3
         )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*' or a name: not loopback
+        return False
 
 
 def _valid_host(host: str) -> bool:
@@ -319,6 +334,36 @@ class RunConfig:
             "replay.min_size",
             f"must be >= learner.batch_size ({self.learner.batch_size}), got {self.replay.min_size}",
         )
+        self._check_rate_tolerance()
+        self._check_frame_ring()
+
+    def _check_rate_tolerance(self) -> None:
+        """A tolerance too small for one insert message and one sample batch between the limiter's bounds
+        could leave actors and learner waiting on each other forever (replay.rate_limiter)."""
+        rc, send, batch = self.replay, self.actor.send_size, self.learner.batch_size
+        if rc.samples_per_insert <= 0 or rc.rate_tolerance == 0:
+            return
+        needed = rate_tolerance_needed(rc.samples_per_insert, send, batch)
+        _check(
+            rc.rate_tolerance >= needed,
+            "replay.rate_tolerance",
+            f"{rc.rate_tolerance:g} could deadlock: with samples_per_insert={rc.samples_per_insert:g}, "
+            f"actor.send_size={send} and learner.batch_size={batch} it must be >= "
+            f"({send} * {rc.samples_per_insert:g} + {batch}) / 2 = {needed:g}",
+        )
+
+    def _check_frame_ring(self) -> None:
+        """Atari frames are stored once each (replay.frame_dedup): the ring must hold one whole message."""
+        rc, stack, send = self.replay, self.env.frame_stack, self.actor.send_size
+        if not (self.env.atari and rc.frame_dedup):
+            return
+        needed = 2 * stack * send  # the most frames one message can carry
+        _check(
+            rc.capacity * rc.frames_per_transition >= needed,
+            "replay.capacity",
+            f"{rc.capacity} x replay.frames_per_transition ({rc.frames_per_transition:g}) frames cannot hold one "
+            f"message of actor.send_size={send} stacks of {stack} frames ({needed} frames)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) that survives msgpack, JSON and TOML."""
@@ -327,6 +372,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         return _build(cls, data, "")
+
+
+def rate_tolerance_needed(samples_per_insert: float, send_size: int, batch_size: int) -> float:
+    """The smallest replay.rate_tolerance that cannot deadlock (see RunConfig._check_rate_tolerance)."""
+    return (send_size * samples_per_insert + batch_size) / 2
 
 
 def _plain(value: Any) -> Any:
