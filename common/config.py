@@ -141,6 +141,9 @@ class LearnerConfig:
     """updates between weight publications to actors"""
     prefetch: int = 4
     """sample requests kept in flight to the replay server"""
+    sample_timeout_s: float = 5.0
+    """a sample request unanswered this long is taken as lost and sent again on a fresh connection,
+    whatever replay reports (the wait doubles, up to 60 s, while none is answered)"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     bf16: bool = False
@@ -163,6 +166,7 @@ class LearnerConfig:
         _check(self.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
         _check(self.publish_period >= 1, "learner.publish_period", "must be >= 1")
         _check(1 <= self.prefetch <= 64, "learner.prefetch", "must be in [1, 64]")
+        _check(0 < self.sample_timeout_s <= 3600, "learner.sample_timeout_s", "must be in (0, 3600]")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "learner.device",
