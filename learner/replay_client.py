@@ -9,9 +9,7 @@ priority updates, and where that runs depends on the device:
   Priority updates reach it through a queue while their copy from the GPU is still in flight, and go
   out once it has landed: the update loop never waits for the GPU to finish a step.
 - CPU: inline, between updates. A CPU update holds the GIL for much of its time, and a second Python
-  thread doing the same work made the update loop wait for the GIL (it was off the CPU 17% of the
-  time): 0.79-0.82x the update rate on batches from memory, against 0.80-0.87x inline
-  (`benchmarks/learner_throughput.py`, two cores).
+  thread doing the same work would make the update loop wait for the GIL (docs/benchmarks.md).
 
 The ZeroMQ socket is used by one thread only (sockets are not thread-safe).
 
@@ -20,7 +18,9 @@ A request unanswered for `learner.sample_timeout_s` is taken as lost, whatever r
 then reports itself waiting for samples). The client then starts over on a fresh socket and a fresh
 batch file: replay routes a late reply by the old socket's identity, which nobody holds any more, and
 writes a late batch into the old file, which no batch in use is part of. Nothing stale can reach the
-update loop, so requests need no ids of their own.
+update loop, so requests need no ids of their own. The one report trusted is that replay holds fewer
+than `replay.min_size` transitions, fresh from the current connection: then no request can be served,
+and sending it again would only queue another.
 
 With replay on the same host, each request names a slot of the learner's batch file in /dev/shm
 (common/shared_batches.py) and replay writes the sampled batch straight into it: an Atari batch then
@@ -121,6 +121,7 @@ class ReplayClient:
         self._next_stats = 0.0
         self._next_monitor = 0.0
         self.requests_lost = 0
+        self._stats_at = 0.0  # when replay_stats last arrived on the current socket
         self._batch_file: BatchFile | None = None
         self._free_slots: deque[int] = deque()
         self._slot_batches: dict[int, Batch] = {}  # CPU: each slot's tensors, made once per batch file
@@ -220,6 +221,7 @@ class ReplayClient:
         """Forget the requests in flight (lost, or a restarted server) and start over on a new socket and
         batch file: late replies go to the old socket's identity, late batches into the old file."""
         self._sent_at.clear()
+        self._stats_at = 0.0
         if self._batch_file is not None:
             self._ready = deque(b for b in self._ready if b.slot < 0)
         self._close_socket()
@@ -287,8 +289,11 @@ class ReplayClient:
             sock.send_multipart(self._encode("stats_request"))
             self._next_stats = now + STATS_PERIOD_S
         if self._sent_at and now - self._sent_at[0] > self._timeout:
-            self._requests_lost(now)
-            return
+            if now - self._stats_at < 2 * STATS_PERIOD_S and self.stats.get("size", 0) < self.config.replay.min_size:
+                self._sent_at = deque(now for _ in self._sent_at)  # replay is filling: the wait starts after
+            else:
+                self._requests_lost(now)
+                return
         # EVENTS, not poll (a Poller per call) or a NOBLOCK receive that ends in an exception: this runs
         # once per update, and a reply has usually arrived already.
         if not sock.get(_EVENTS) & _POLLIN and not sock.poll(wait_ms):
@@ -342,6 +347,7 @@ class ReplayClient:
                 log.warning("the replay server restarted; re-sending sample requests")
                 self._reset_requests()
             self.stats = msg.meta
+            self._stats_at = time.monotonic()
         else:
             self._answered(batch=False)
             self._hold_until = time.monotonic() + ERROR_PAUSE_S
