@@ -111,3 +111,25 @@ def test_save_checkpoint_refuses_any_non_finite_tensor(tmp_path: Path) -> None:
     refused = {"online": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"exp_avg": torch.tensor([np.inf])}}}}
     assert save_checkpoint(tmp_path, refused) is None
     assert load_checkpoint(tmp_path)["updates"] == 1
+
+
+def test_the_device_flag_makes_fused_adam_skip_the_step_and_is_counted_once_per_row(caplog) -> None:
+    """CUDA's path, run on the CPU (fused Adam takes found_inf on both): no host read per update."""
+    from learner.nonfinite import NonFiniteGuard
+
+    guard = NonFiniteGuard()
+    weight = torch.nn.Parameter(torch.ones(4))
+    adam = torch.optim.Adam([weight], lr=0.1, fused=True)
+    for x in (torch.full((4,), 3e38), torch.ones(4), torch.full((4,), np.nan)):
+        loss = (weight * x).sum() ** 2
+        adam.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_([weight], 10.0)
+        adam.found_inf = guard.device_flag(loss, norm)
+        before = weight.detach().clone()
+        adam.step()
+        assert torch.equal(before, weight.detach()) != bool(torch.isfinite(loss)), f"input {x[0]}"
+    assert int(adam.state[weight]["step"]) == 1 and guard.skipped == 0
+    with caplog.at_level(logging.WARNING):
+        assert guard.collect() == 2
+    assert "skipped 2 update(s)" in caplog.text and guard.collect() == 2
