@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
 MAX_IDS_LOGGED = 8
+FOLD_FLAGS_AT = 1024  # device flags kept before they are summed into one (on the device, no wait)
 
 
 def finite_arrays(arrays: Mapping[str, np.ndarray]) -> bool:
@@ -48,6 +49,8 @@ class NonFiniteGuard:
         `found_inf`). inf + -inf is NaN, so one sum tells whether both are finite."""
         flag = (loss.detach() + grad_norm).isfinite().logical_not().float()
         self._on_device.append(flag)
+        if len(self._on_device) >= FOLD_FLAGS_AT:  # a loop that writes no metrics rows keeps no more
+            self._on_device = [torch.stack(self._on_device).sum()]
         return flag
 
     def host_check(self, loss: torch.Tensor, grad_norm: torch.Tensor, ids: np.ndarray, td: torch.Tensor) -> bool:
