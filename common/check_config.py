@@ -2,8 +2,9 @@
 
 The launcher runs this before starting anything, so a bad value stops the launch with one clear line
 instead of several processes failing at once. Beyond the config's own checks (common/config.py, which
-every process repeats) it tries what only this machine can answer: that the env id can be made (its
-extra installed, say) and that a CUDA device asked for is there.
+every process repeats, remote actors included) it checks what only the servers' machine can answer:
+that they may listen where told (off loopback only with CurveZMQ, the rule every bind applies), that
+the env id can be made (its extra installed, say) and that a CUDA device asked for is there.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from common.process import run_cli
 
 
 def check_machine(config: RunConfig) -> None:
-    """ConfigError when this machine cannot run the config: an env it cannot make, a missing CUDA device."""
+    """ConfigError or StartupError when the servers cannot run the config here: a bind that would be
+    refused, an env this machine cannot make, a missing CUDA device."""
     from common.envs import env_spec  # late: gymnasium is imported only when checking the machine
+    from common.security import require_secure_bind
 
+    require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
     env_spec(config.env)
     if config.learner.device.startswith("cuda"):
         import torch

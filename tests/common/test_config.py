@@ -106,7 +106,7 @@ def test_invalid_preset_toml(tmp_path: Path) -> None:
         ("learner.device=cpu", "learner", "device", "cpu"),
         ("learner.device=cuda:1", "learner", "device", "cuda:1"),
         ("net.public_host=", "net", "public_host", ""),
-        ("net.bind_host=127.0.0.2", "net", "bind_host", "127.0.0.2"),
+        ("net.bind_host=0.0.0.0", "net", "bind_host", "0.0.0.0"),
         ("net.bind_host=::1", "net", "bind_host", "::1"),
     ],
 )
@@ -234,13 +234,6 @@ def test_an_atari_frame_ring_too_small_for_one_message_is_refused() -> None:
     assert load_config("pong", [*small, "replay.frame_dedup=false"])  # full stacks: no frame ring
 
 
-def test_listening_off_loopback_without_curve_is_refused() -> None:
-    message = config_error(["net.bind_host=0.0.0.0"])
-    assert message.startswith("net.bind_host: refusing to listen on 0.0.0.0") and "net.curve_secret_key" in message
-    curve = ["net.curve_secret_key=k.key_secret", "net.curve_server_key=k.key", "net.curve_authorized_dir=auth"]
-    assert load_config("cartpole", ["net.bind_host=0.0.0.0", *curve]).net.bind_host == "0.0.0.0"
-
-
 def test_duplicate_ports() -> None:
     message = config_error(["net.ingest_port=5550"])
     assert message.startswith("net: ") and "must differ" in message
@@ -274,9 +267,6 @@ def _configs() -> list[RunConfig]:
                 "network.dueling=false",
                 "net.public_host=10.0.0.5",
                 "net.bind_host=::",
-                "net.curve_secret_key=keys/server.key_secret",
-                "net.curve_server_key=keys/server.key",
-                "net.curve_authorized_dir=keys/authorized",
                 "stop.max_env_steps=123456789012",
             ],
         ),
@@ -345,6 +335,7 @@ def test_with_port_base() -> None:
             "replay.rate_tolerance",
         ),
         (["-m", "common.check_config", "env.id=NoSuchEnv-v0"], "env.id: cannot make 'NoSuchEnv-v0'"),
+        (["-m", "common.check_config", "net.bind_host=0.0.0.0"], "refusing to listen on 0.0.0.0"),
         (["-m", "replay", "--preset", "cartpole", "replay.bogus=1"], "replay.bogus"),
         (["-m", "learner", "--seed", "-5"], "--seed"),
         (["-m", "actor", "--learner", "no-port-here"], "--learner"),
@@ -356,6 +347,7 @@ def test_with_port_base() -> None:
         "duplicate-ports",
         "rate-deadlock",
         "unmakeable-env",
+        "bind-without-curve",
         "unknown-key",
         "bad-seed",
         "bad-address",
