@@ -19,12 +19,20 @@ from common.process import run_cli
 
 def check_machine(config: RunConfig) -> None:
     """ConfigError or StartupError when the servers cannot run the config here: a bind that would be
-    refused, an env this machine cannot make, a missing CUDA device."""
+    refused, an env this machine cannot make, a network that cannot take its observations, a missing
+    CUDA device."""
     from common.envs import env_spec  # late: gymnasium is imported only when checking the machine
     from common.security import require_secure_bind
 
     require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
-    env_spec(config.env)
+    spec = env_spec(config.env)
+    if config.network.torso != "mlp":  # a convolution's arithmetic must fit the observations: build it
+        from common.networks import QNetwork
+
+        try:
+            QNetwork(spec.obs_shape, spec.num_actions, config.network)
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"network.torso: {config.network.torso} cannot take {config.env.id}: {err}") from None
     if config.learner.device.startswith("cuda"):
         import torch
 
