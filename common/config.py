@@ -96,8 +96,9 @@ class ReplayConfig:
     """target ratio of sampled to inserted transitions; 0 turns rate limiting off"""
     rate_tolerance: float = 0.0
     """how far (in sampled transitions) the ratio may drift before one side waits; 0 picks a safe value"""
-    snapshot_interval_s: float = 0.0
-    """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off"""
+    snapshot_interval_s: float = 60.0
+    """seconds between buffer snapshots to RUN_DIR/replay/, plus one at a clean exit; 0 turns both off (a
+    restarted replay server comes back from the newest; Atari presets space them out: each copies the buffer)"""
     frame_dedup: bool = True
     """store stacked-frame observations (K, H, W) as distinct frames, rebuilt into stacks when sampled"""
     frames_per_transition: float = 1.0
@@ -140,6 +141,9 @@ class LearnerConfig:
     """updates between weight publications to actors"""
     prefetch: int = 4
     """sample requests kept in flight to the replay server"""
+    sample_timeout_s: float = 5.0
+    """a sample request unanswered this long is taken as lost and sent again on a fresh connection,
+    whatever replay reports (the wait doubles, up to 60 s, while none is answered)"""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"""
     bf16: bool = False
@@ -162,6 +166,7 @@ class LearnerConfig:
         _check(self.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
         _check(self.publish_period >= 1, "learner.publish_period", "must be >= 1")
         _check(1 <= self.prefetch <= 64, "learner.prefetch", "must be in [1, 64]")
+        _check(0 < self.sample_timeout_s <= 3600, "learner.sample_timeout_s", "must be in (0, 3600]")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "learner.device",
@@ -319,6 +324,36 @@ class RunConfig:
             "replay.min_size",
             f"must be >= learner.batch_size ({self.learner.batch_size}), got {self.replay.min_size}",
         )
+        self._check_rate_tolerance()
+        self._check_frame_ring()
+
+    def _check_rate_tolerance(self) -> None:
+        """A tolerance too small for one insert message and one sample batch between the limiter's bounds
+        could leave actors and learner waiting on each other forever (replay.rate_limiter)."""
+        rc, send, batch = self.replay, self.actor.send_size, self.learner.batch_size
+        if rc.samples_per_insert <= 0 or rc.rate_tolerance == 0:
+            return
+        needed = rate_tolerance_needed(rc.samples_per_insert, send, batch)
+        _check(
+            rc.rate_tolerance >= needed,
+            "replay.rate_tolerance",
+            f"{rc.rate_tolerance:g} could deadlock: with samples_per_insert={rc.samples_per_insert:g}, "
+            f"actor.send_size={send} and learner.batch_size={batch} it must be >= "
+            f"({send} * {rc.samples_per_insert:g} + {batch}) / 2 = {needed:g}",
+        )
+
+    def _check_frame_ring(self) -> None:
+        """Atari frames are stored once each (replay.frame_dedup): the ring must hold one whole message."""
+        rc, stack, send = self.replay, self.env.frame_stack, self.actor.send_size
+        if not (self.env.atari and rc.frame_dedup):
+            return
+        needed = 2 * stack * send  # the most frames one message can carry
+        _check(
+            rc.capacity * rc.frames_per_transition >= needed,
+            "replay.capacity",
+            f"{rc.capacity} x replay.frames_per_transition ({rc.frames_per_transition:g}) frames cannot hold one "
+            f"message of actor.send_size={send} stacks of {stack} frames ({needed} frames)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) that survives msgpack, JSON and TOML."""
@@ -327,6 +362,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         return _build(cls, data, "")
+
+
+def rate_tolerance_needed(samples_per_insert: float, send_size: int, batch_size: int) -> float:
+    """The smallest replay.rate_tolerance that cannot deadlock (see RunConfig._check_rate_tolerance)."""
+    return (send_size * samples_per_insert + batch_size) / 2
 
 
 def _plain(value: Any) -> Any:

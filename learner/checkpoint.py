@@ -51,9 +51,27 @@ LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path | None:
+    """Write `state` as the new latest.pt; None, with an error logged and the checkpoints left as they
+    were, when a tensor in it holds a non-finite number (a resume from it could only train NaN)."""
+    bad = _non_finite(state)
+    if bad is not None:
+        log.error("not checkpointing: %s holds non-finite numbers; %s stays the latest", bad, directory / LATEST)
+        return None
     write_rotating(directory, LATEST, PREVIOUS, lambda f: torch.save(state, f), marker=True)
     return directory / LATEST
+
+
+def _non_finite(value: Any, name: str = "state") -> str | None:
+    """The name of the first floating-point tensor in `value` (nested dicts and lists) that is not all finite."""
+    if isinstance(value, torch.Tensor):
+        return name if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{name}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any] | None:

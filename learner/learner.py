@@ -28,6 +28,7 @@ from common.security import ClientSecurity
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.control import ControlServer
 from learner.losses import nstep_targets, td_loss
+from learner.nonfinite import NonFiniteGuard, finite_arrays
 from learner.replay_client import Batch, ReplayClient
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Learner:
         self.updates = 0
         self.version = 0
         self.env_steps_offset = 0  # env steps counted before a resume
+        self.guard = NonFiniteGuard()
         self._train_returns: list[float] = []
         self.checkpoint_dir = run_dir / "checkpoints"
         # Keys load here, before any thread starts, so a bad key file is a plain startup error.
@@ -130,7 +132,8 @@ class Learner:
 
     def checkpoint(self) -> None:
         path = save_checkpoint(self.checkpoint_dir, self.state_dict())
-        log.info("checkpoint written: %s (update %d)", path, self.updates)
+        if path is not None:
+            log.info("checkpoint written: %s (update %d)", path, self.updates)
 
     @property
     def env_steps(self) -> int:
@@ -151,7 +154,8 @@ class Learner:
         Nothing here waits for the device: on CUDA the priorities are copied to pinned host memory
         asynchronously and handed over with an event that says when they have landed, and the loss is
         read back only when a log row is written. The CPU can then queue the next step's work while
-        the GPU runs this one."""
+        the GPU runs this one. A non-finite loss or gradient skips the step (learner/nonfinite.py), and
+        the rows whose TD error is not finite get priority 0 (as little as replay gives any)."""
         dev, nb = self.device, self.device.type == "cuda"
         obs = batch.obs.to(dev, non_blocking=nb)
         next_obs = batch.next_obs.to(dev, non_blocking=nb)
@@ -170,14 +174,20 @@ class Learner:
         loss, td_abs = td_loss(q_values, action, targets, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), lc.max_grad_norm)
         if nb:  # (td_abs is detached and float32, autocast or not)
+            self.optimizer.found_inf = self.guard.device_flag(loss, grad_norm)  # skipped on the device
+            self.optimizer.step()
+            td_abs = torch.nan_to_num(td_abs, nan=0.0, posinf=0.0, neginf=0.0)
             host = td_abs.to("cpu", non_blocking=True)  # pinned; filled when the stream gets there
             landed = torch.cuda.Event()
             landed.record()
             self.replay.send_priorities(batch.index, batch.id, host, ready=landed)
         else:
+            if self.guard.host_check(loss, grad_norm, batch.id, td_abs):
+                self.optimizer.step()
+            else:
+                td_abs = torch.nan_to_num(td_abs, nan=0.0, posinf=0.0, neginf=0.0)
             self.replay.send_priorities(batch.index, batch.id, td_abs.numpy())
         q_mean = q_values.detach().gather(1, action.unsqueeze(1)).mean()
         return loss.detach(), q_mean
@@ -195,11 +205,14 @@ class Learner:
         return loss, q
 
     def publish(self) -> None:
+        """Hand the weights to the control server, unless they hold a non-finite number."""
+        cpu = self.device.type == "cpu"  # views: the control server copies them once, where they are going
+        arrays = parameter_views(self.online) if cpu else weights_to_numpy(self.online)
+        if not finite_arrays(arrays):
+            self.guard.refuse_publication(self.version + 1)
+            return
         self.version += 1
-        if self.device.type == "cpu":  # views: the control server copies them once, where they are going
-            self.control.set_weights(self.version, parameter_views(self.online), live=True)
-        else:
-            self.control.set_weights(self.version, weights_to_numpy(self.online))
+        self.control.set_weights(self.version, arrays, live=cpu)
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, stop_event) -> Outcome:  # noqa: C901 - one loop, grouped by concern
@@ -341,6 +354,8 @@ class Learner:
             "loss": float(torch.stack(losses).mean()) if losses else None,
             "q_mean": float(torch.stack(qs).mean()) if qs else None,
             "lr": self.optimizer.param_groups[0]["lr"],
+            "updates_skipped_nonfinite": self.guard.collect(),
+            "weights_refused_nonfinite": self.guard.publications_refused,
             "replay_size": stats.get("size"),
             "replay_insert_per_s": stats.get("insert_rate"),
             "replay_sample_per_s": stats.get("sample_rate"),

@@ -9,11 +9,18 @@ priority updates, and where that runs depends on the device:
   Priority updates reach it through a queue while their copy from the GPU is still in flight, and go
   out once it has landed: the update loop never waits for the GPU to finish a step.
 - CPU: inline, between updates. A CPU update holds the GIL for much of its time, and a second Python
-  thread doing the same work made the update loop wait for the GIL (it was off the CPU 17% of the
-  time): 0.79-0.82x the update rate on batches from memory, against 0.80-0.87x inline
-  (`benchmarks/learner_throughput.py`, two cores).
+  thread doing the same work would make the update loop wait for the GIL (docs/benchmarks.md).
 
 The ZeroMQ socket is used by one thread only (sockets are not thread-safe).
+
+A request unanswered for `learner.sample_timeout_s` is taken as lost, whatever replay's statistics say
+(a connection that heartbeats dropped while replay was stopped takes its requests with it, and replay
+then reports itself waiting for samples). The client then starts over on a fresh socket and a fresh
+batch file: replay routes a late reply by the old socket's identity, which nobody holds any more, and
+writes a late batch into the old file, which no batch in use is part of. Nothing stale can reach the
+update loop, so requests need no ids of their own. The one report trusted is that replay holds fewer
+than `replay.min_size` transitions, fresh from the current connection: then no request can be served,
+and sending it again would only queue another.
 
 With replay on the same host, each request names a slot of the learner's batch file in /dev/shm
 (common/shared_batches.py) and replay writes the sampled batch straight into it: an Atari batch then
@@ -47,7 +54,8 @@ from common.wire import DecodeError, Encoder, decode
 log = logging.getLogger(__name__)
 
 STATS_PERIOD_S = 1.0
-LOST_REQUESTS_S = 30.0
+MAX_SAMPLE_TIMEOUT_S = 60.0
+ERROR_PAUSE_S = 0.5  # after replay refuses a request, before asking again
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs microseconds a call
 MONITOR_PERIOD_S = 0.1  # connection events are logged, not acted on: no need to look every update
 PUT_WAIT_S = 0.01  # the longest a priority update waits while the batch queue is full
@@ -107,10 +115,13 @@ class ReplayClient:
         self._thread: threading.Thread | None = None
         self._sock: zmq.Socket | None = None
         self._ready: deque[Batch] = deque()  # decoded, not yet handed out (or queued, when threaded)
-        self._in_flight = 0
+        self._sent_at: deque[float] = deque()  # when each request in flight was sent, oldest first
+        self._timeout = config.learner.sample_timeout_s
+        self._hold_until = 0.0  # no new requests before this (replay just refused one)
         self._next_stats = 0.0
         self._next_monitor = 0.0
-        self._last_batch = time.monotonic()
+        self.requests_lost = 0
+        self._stats_at = 0.0  # when replay_stats last arrived on the current socket
         self._batch_file: BatchFile | None = None
         self._free_slots: deque[int] = deque()
         self._slot_batches: dict[int, Batch] = {}  # CPU: each slot's tensors, made once per batch file
@@ -178,7 +189,7 @@ class ReplayClient:
         self._connections.watch(self._sock, "replay sampling")
         connect(self._sock, self.host, net.sample_port)
         self._encode = Encoder("learner")
-        self._last_batch = time.monotonic()
+        self._next_stats = 0.0
         self._open_batch_file()
 
     def _open_batch_file(self) -> None:
@@ -207,12 +218,34 @@ class ReplayClient:
         self._held_slot = -1
 
     def _reset_requests(self) -> None:
-        """Forget the requests in flight (lost, or a restarted server). Their slots could still be written
-        by a late reply, so the batch file is replaced, and decoded batches in its slots are dropped."""
-        self._in_flight = 0
+        """Forget the requests in flight (lost, or a restarted server) and start over on a new socket and
+        batch file: late replies go to the old socket's identity, late batches into the old file."""
+        self._sent_at.clear()
+        self._stats_at = 0.0
         if self._batch_file is not None:
             self._ready = deque(b for b in self._ready if b.slot < 0)
-            self._open_batch_file()
+        self._close_socket()
+        self._open()
+
+    def _requests_lost(self, now: float) -> None:
+        self.requests_lost += len(self._sent_at)
+        size = self.stats.get("size", "unknown")
+        log.warning(
+            "no answer from replay to a sample request for %.0f s (replay last said size %s, %s); taking the "
+            "%d in flight as lost and sending them again",
+            now - self._sent_at[0],
+            size,
+            f"waiting for {self.stats['waiting']}" if self.stats.get("waiting") else "not waiting",
+            len(self._sent_at),
+        )
+        self._timeout = min(2 * self._timeout, MAX_SAMPLE_TIMEOUT_S)
+        self._reset_requests()
+
+    def _answered(self, batch: bool) -> None:
+        if self._sent_at:
+            self._sent_at.popleft()
+        if batch:
+            self._timeout = self.config.learner.sample_timeout_s
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -237,13 +270,13 @@ class ReplayClient:
             self._next_monitor = now + MONITOR_PERIOD_S
         # Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
         # queue's): the update loop never finds nothing ready while the server has data.
-        while self._in_flight + len(self._ready) < self.config.learner.prefetch:
+        while len(self._sent_at) + len(self._ready) < self.config.learner.prefetch and now >= self._hold_until:
             meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
             if self._batch_file is not None and self._free_slots:
                 meta.update(shm_path=self._batch_file.path, shm_token=self._batch_file.token)
                 meta["shm_slot"] = self._free_slots.popleft()
             send_frames(sock, self._encode("sample", meta))
-            self._in_flight += 1
+            self._sent_at.append(now)
         while not self.priorities.empty():  # this thread is the queue's only reader: no Empty to catch
             self._unsent_priorities.append(self.priorities.get_nowait())
         while self._unsent_priorities:  # in order, each once its copy from the GPU has landed
@@ -255,19 +288,20 @@ class ReplayClient:
         if now >= self._next_stats:
             sock.send_multipart(self._encode("stats_request"))
             self._next_stats = now + STATS_PERIOD_S
-        serving = self.stats.get("size", 0) >= self.config.replay.min_size and not self.stats.get("waiting")
-        if self._in_flight and serving and now - self._last_batch > LOST_REQUESTS_S:
-            # The server has data and is not holding samples back, yet answers none: it lost them.
-            log.warning("no batch from replay for %.0f s; re-sending sample requests", now - self._last_batch)
-            self._reset_requests()
-            self._last_batch = now
-            return
+        if self._sent_at and now - self._sent_at[0] > self._timeout:
+            if now - self._stats_at < 2 * STATS_PERIOD_S and self.stats.get("size", 0) < self.config.replay.min_size:
+                self._sent_at = deque(now for _ in self._sent_at)  # replay is filling: the wait starts after
+            else:
+                self._requests_lost(now)
+                return
         # EVENTS, not poll (a Poller per call) or a NOBLOCK receive that ends in an exception: this runs
         # once per update, and a reply has usually arrived already.
         if not sock.get(_EVENTS) & _POLLIN and not sock.poll(wait_ms):
             return
         while sock.get(_EVENTS) & _POLLIN:
             self._receive(sock.recv_multipart(copy=False))
+            if self._sock is not sock:  # a restarted replay: the requests started over on a new socket
+                return
 
     def _receive(self, frames: list) -> None:
         try:
@@ -277,8 +311,7 @@ class ReplayClient:
             log.warning("bad reply from replay: %s", err)
             return
         if msg.kind == "batch":
-            self._in_flight = max(self._in_flight - 1, 0)
-            self._last_batch = time.monotonic()
+            self._answered(batch=True)
             if "shm_refused" in msg.meta and self._batch_file is not None:
                 log.info(
                     "replay cannot write this learner's batch file, so batches come over the socket: %s",
@@ -288,8 +321,7 @@ class ReplayClient:
             self.batches_by_socket += 1
             self._ready.append(self._to_batch(msg.arrays))
         elif msg.kind == "batch_ref":
-            self._in_flight = max(self._in_flight - 1, 0)
-            self._last_batch = time.monotonic()
+            self._answered(batch=True)
             slot, file = msg.meta["slot"], self._batch_file
             if file is None or msg.meta["token"] != file.token or not 0 <= slot < file.slots:
                 self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
@@ -315,8 +347,10 @@ class ReplayClient:
                 log.warning("the replay server restarted; re-sending sample requests")
                 self._reset_requests()
             self.stats = msg.meta
+            self._stats_at = time.monotonic()
         else:
-            self._in_flight = max(self._in_flight - 1, 0)
+            self._answered(batch=False)
+            self._hold_until = time.monotonic() + ERROR_PAUSE_S
             log.error("replay refused a request: %s", msg.meta)
 
     def _to_batch(self, arrays: dict[str, np.ndarray], slot: int = -1) -> Batch:

@@ -4,10 +4,10 @@
 #   scripts/launch_actors.sh --learner HOST:PORT [--num-actors N] [--first-index I] [--log-dir DIR]
 #                            [--curve-secret-key PATH --curve-server-key PATH]
 #
-# Each actor gets its config from the learner. Give every machine its own block of global indices
-# (--first-index), so that the Ape-X epsilons stay spread: indices are taken modulo the learner's
-# actor.num_actors. Servers off loopback require CurveZMQ: pass this machine's secret key file and
-# the servers' public key file (see docs/security.md).
+# Each actor gets its config from the learner. Without --first-index the learner assigns each actor a
+# free global index (and so its Ape-X epsilon); with it, this machine takes the block I..I+N-1 (keep
+# blocks apart across machines). Servers off loopback require CurveZMQ: pass this machine's secret
+# key file and the servers' public key file (see docs/security.md).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -16,7 +16,7 @@ die() { echo "error: $*" >&2; exit 2; }
 
 learner=""
 num_actors=1
-first_index=0
+first_index=""
 run_dir="runs/actors-$(date +%Y%m%d-%H%M%S)"
 curve=()
 while [ $# -gt 0 ]; do
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$learner" ] || die "--learner HOST:PORT is required"
 [[ "$num_actors" =~ ^[0-9]+$ ]] && [ "$num_actors" -ge 1 ] || die "--num-actors must be a positive integer"
-[[ "$first_index" =~ ^[0-9]+$ ]] || die "--first-index must be a non-negative integer"
+[ -z "$first_index" ] || [[ "$first_index" =~ ^[0-9]+$ ]] || die "--first-index must be a non-negative integer"
 
 "$ROOT/scripts/setup_env.sh" || die "could not set up the Python environment"
 PY="${DISTDQN_VENV:-$ROOT/.venv}/bin/python"
@@ -40,10 +40,17 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$run_dir/logs" || die "cannot create $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
 
-for ((i = first_index; i < first_index + num_actors; i++)); do
-  start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner" "${curve[@]}"
+for ((k = 0; k < num_actors; k++)); do
+  if [ -z "$first_index" ]; then   # -1: the learner assigns an index
+    start_supervised "actor-$k" "$PY" -m actor --actor-index -1 --learner "$learner" "${curve[@]}"
+  else
+    i=$((first_index + k))
+    start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" --learner "$learner" "${curve[@]}"
+  fi
 done
-echo "started $num_actors actor(s) for $learner (indices $first_index..$((first_index + num_actors - 1))); logs in $run_dir/logs"
+if [ -z "$first_index" ]; then blocks="indices assigned by the learner"; else
+  blocks="indices $first_index..$((first_index + num_actors - 1))"; fi
+echo "started $num_actors actor(s) for $learner ($blocks); logs in $run_dir/logs"
 # Restart actors that die; finish when every actor has exited normally (the run's stop) or been given up.
 while :; do
   supervise

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Run a whole distdqn cluster on this machine: a replay server, a learner, an evaluator and N actors.
 #
-#   scripts/launch_cluster.sh [--num-actors N] [--preset NAME|FILE] [--run-dir DIR] [--seed S]
-#                             [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
+#   scripts/launch_cluster.sh [--num-actors N] [--servers-only] [--preset NAME|FILE] [--run-dir DIR]
+#                             [--seed S] [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
 #
-# N defaults to the preset's actor.num_actors. The learner's progress lines stream here; every
-# process's log goes to RUN_DIR/logs/ROLE.log.
+# N (default: the preset's actor.num_actors) is the whole actor population; N actors start here unless
+# --servers-only, which starts replay, learner and evaluator only (actors join from elsewhere, e.g.
+# scripts/launch_actors.sh). Ports P..P+3: learner control, weights, replay ingest, replay sampling.
+# The learner's progress lines stream here; every process's log goes to RUN_DIR/logs/ROLE.log.
+# Replay, learner, evaluator and actors that die are restarted with backoff (replay from its snapshot,
+# the learner from its checkpoint), up to 5 times each; RUN_DIR/logs/launcher.log says what happened.
 # Exit status: 0 when the preset's stop condition was met (solved), 1 when the run ended otherwise,
 # 2 for bad arguments, 130/143 when interrupted. Ctrl-C or SIGTERM stops every process it started.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 num_actors=""
@@ -20,6 +24,7 @@ run_dir=""
 seed=""
 port_base=""
 evaluator=1
+local_actors=1
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --seed) [ $# -ge 2 ] || die "--seed needs a value"; seed="$2"; shift 2 ;;
     --port-base) [ $# -ge 2 ] || die "--port-base needs a value"; port_base="$2"; shift 2 ;;
     --no-eval) evaluator=0; shift ;;
+    --servers-only) local_actors=0; shift ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;
@@ -36,7 +42,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -z "$num_actors" ] || { [[ "$num_actors" =~ ^[0-9]+$ ]] && [ "$num_actors" -ge 1 ]; } \
-  || die "--num-actors must be a positive integer, got '$num_actors'"
+  || die "--num-actors must be a positive integer (the whole population; --servers-only starts none here), got '$num_actors'"
 [ -z "$seed" ] || [[ "$seed" =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer, got '$seed'"
 [ -z "$port_base" ] || [[ "$port_base" =~ ^[0-9]+$ ]] || die "--port-base must be a port number, got '$port_base'"
 
@@ -67,31 +73,47 @@ mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
 
 echo "run directory: $run_dir"
-start replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
-start learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
-learner_pid="${pid_of[learner]}"
+learner_done() {  # the learner's work is done when it wrote this run's summary (solved or not)
+  [ "$2" -eq 0 ] && return 0
+  local summary="$run_dir/summary.json"
+  [ -f "$summary" ] && [ "$(stat -c %Y "$summary")" -ge "${launched_at[learner]}" ]
+}
+start_supervised replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
+restart_with replay --restore
+start_supervised learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
+restart_with learner --resume
+finished_of[learner]=learner_done
 if [ $evaluator -eq 1 ]; then
   start_supervised evaluator "$PY" -m actor --evaluate "${actor_args[@]}"
 fi
-for ((i = 0; i < num_actors; i++)); do
+started=$((local_actors ? num_actors : 0))
+for ((i = 0; i < started; i++)); do
   start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
-echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
+if [ $local_actors -eq 1 ]; then
+  echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
+else
+  echo "started replay, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
+    "127.0.0.1:$learner_port (e.g. scripts/launch_actors.sh); Ctrl-C stops them all"
+fi
 
-# Supervise the actors while the learner runs; its exit ends the run.
-while kill -0 "$learner_pid" 2>/dev/null; do
+# Supervise everything while the learner runs; the end of its work (its summary) ends the run.
+while [ -n "${pid_of[learner]}" ]; do
   supervise
+  if [ -z "${pid_of[replay]}" ] && [ -n "${pid_of[learner]}" ]; then
+    note "error: no replay server any more; stopping the run"
+    break
+  fi
   sleep 0.5
 done
-wait "$learner_pid"
-status=$?
+status="${exit_of[learner]:-1}"
 stopping=1
 stop_all
-if [ -f "$run_dir/summary.json" ]; then
+if learner_done learner "$status" 2>/dev/null; then
   "$PY" -m common.summary "$run_dir"
 else
   echo "the learner exited with status $status before writing a summary; see $run_dir/logs/learner.log" >&2
   tail -n 5 "$run_dir/logs/learner.log" >&2
-  [ $status -eq 0 ] && status=1
+  [ "$status" -eq 0 ] && status=1
 fi
-exit $status
+exit "$status"

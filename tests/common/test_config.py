@@ -217,6 +217,23 @@ def test_out_of_range_values(overrides: list[str], setting: str) -> None:
     assert config_error(overrides).startswith(f"{setting}:")
 
 
+# ---- checks across sections: what a component would otherwise refuse only once started ------------------
+
+
+def test_a_rate_tolerance_that_could_deadlock_is_refused_with_the_numbers() -> None:
+    message = config_error(["replay.samples_per_insert=8", "replay.rate_tolerance=1"])
+    assert message.startswith("replay.rate_tolerance: 1 could deadlock") and "= 320" in message
+    assert load_config("cartpole", ["replay.samples_per_insert=8", "replay.rate_tolerance=320"])
+    assert load_config("cartpole", ["replay.samples_per_insert=0", "replay.rate_tolerance=1"])  # limiter off
+
+
+def test_an_atari_frame_ring_too_small_for_one_message_is_refused() -> None:
+    small = ["replay.capacity=100", "replay.min_size=50", "learner.batch_size=32"]
+    message = config_error(small, preset="pong")
+    assert message.startswith("replay.capacity: 100 x replay.frames_per_transition") and "512 frames" in message
+    assert load_config("pong", [*small, "replay.frame_dedup=false"])  # full stacks: no frame ring
+
+
 def test_duplicate_ports() -> None:
     message = config_error(["net.ingest_port=5550"])
     assert message.startswith("net: ") and "must differ" in message
@@ -313,11 +330,30 @@ def test_with_port_base() -> None:
         (["-m", "learner", "--bogus"], "--bogus"),
         (["-m", "common.check_config", "--preset", "nonexistent"], "nonexistent"),
         (["-m", "common.check_config", "--preset", "cartpole", "net.ingest_port=5550"], "net:"),
+        (
+            ["-m", "common.check_config", "replay.samples_per_insert=8", "replay.rate_tolerance=1"],
+            "replay.rate_tolerance",
+        ),
+        (["-m", "common.check_config", "env.id=NoSuchEnv-v0"], "env.id: cannot make 'NoSuchEnv-v0'"),
+        (["-m", "common.check_config", "net.bind_host=0.0.0.0"], "refusing to listen on 0.0.0.0"),
+        (["-m", "common.check_config", "network.torso=nature_cnn"], "network.torso: nature_cnn cannot take"),
         (["-m", "replay", "--preset", "cartpole", "replay.bogus=1"], "replay.bogus"),
         (["-m", "learner", "--seed", "-5"], "--seed"),
         (["-m", "actor", "--learner", "no-port-here"], "--learner"),
     ],
-    ids=["bad-value", "unknown-flag", "unknown-preset", "duplicate-ports", "unknown-key", "bad-seed", "bad-address"],
+    ids=[
+        "bad-value",
+        "unknown-flag",
+        "unknown-preset",
+        "duplicate-ports",
+        "rate-deadlock",
+        "unmakeable-env",
+        "bind-without-curve",
+        "cnn-on-vectors",
+        "unknown-key",
+        "bad-seed",
+        "bad-address",
+    ],
 )
 def test_cli_errors_are_one_line_and_exit_2(args: list[str], mentions: str) -> None:
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

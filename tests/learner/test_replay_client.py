@@ -27,7 +27,7 @@ SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 STORED = 512
 
 
-def _fill(port: int) -> None:
+def _fill(port: int, actor_index: int = 0) -> None:
     """STORED transitions whose observations say which insert they are: obs = id, next_obs = id + 0.5."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -44,7 +44,7 @@ def _fill(port: int) -> None:
             "priority": np.ones(64, np.float32),
             "version": np.zeros(64, np.int64),
         }
-        push.send_multipart(encode("transitions", {"actor_index": 0}, arrays, seq=seq + 1))
+        push.send_multipart(encode("transitions", {"actor_index": actor_index}, arrays, seq=seq + 1))
     push.close(linger=5000)
     ctx.term()
 
@@ -259,6 +259,27 @@ def test_priorities_still_arriving_from_the_device_are_sent_once_they_have_lande
                 while server.buffer.max_priority != 1e6:
                     assert time.monotonic() < deadline, f"max priority {server.buffer.max_priority}"
                     _take(client, 1)
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
+
+
+def test_requests_are_not_sent_again_while_replay_is_below_min_size() -> None:
+    """Replay still filling cannot serve anyone: its fresh report of that is the one the timeout trusts,
+    so requests wait (none taken as lost) and are answered as soon as there is enough data."""
+    config = _config("learner.sample_timeout_s=0.5", f"replay.min_size={STORED + 88}")
+    ctx = zmq.Context()
+    client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, spec=SPEC)
+    try:
+        with _serving(config):
+            client.start()
+            waited_until = time.monotonic() + 3
+            while time.monotonic() < waited_until:
+                assert client.get_batch(timeout=0.1) is None
+            assert client.stats.get("size") == STORED and client.requests_lost == 0
+            _fill(config.net.ingest_port, actor_index=1)
+            _take(client, 5)
+            assert client.requests_lost == 0
     finally:
         client.close()
         ctx.destroy(linger=0)
