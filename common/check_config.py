@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from common.cli import config_from_args, config_parser
+from common.envs import check_env_id
 from common.process import run_cli
 
 
@@ -19,6 +20,10 @@ def _main() -> int:
     )
     args = parser.parse_args()
     config = config_from_args(args)
+    problem = check_env_id(config.env.id)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     for key in args.keys:
         value: object = config.to_dict()
         for part in key.split("."):
