@@ -175,3 +175,34 @@ def make_vector_env(config: EnvConfig, num_envs: int, training: bool = True) -> 
             **_make_kwargs(config),
         )
 
+
+class EpisodeScores:
+    """The return and length to report for each finished episode of a vector env's sub-envs.
+
+    For most envs that is the sum of the rewards the learner sees. Atari training envs end an episode at
+    every lost life and clip rewards, so their episodes are not games and their sum is not a score; for
+    them the score is the unclipped return of the whole game that `GameScore` (common/atari.py) puts in
+    the final info of the step that ends it, and a lost life reports nothing.
+    """
+
+    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+        self.game_scores = config.atari
+        self._return = np.zeros(num_envs)
+        self._length = np.zeros(num_envs, dtype=np.int64)
+
+    def step(self, rewards: np.ndarray, done: np.ndarray, info: dict) -> tuple[list[float], list[int]]:
+        """Add one vector step; return the (returns, lengths) of the episodes (games) it finished."""
+        self._return += rewards
+        self._length += 1
+        if not np.count_nonzero(done):
+            return [], []
+        returns, lengths = self._return[done].tolist(), self._length[done].tolist()
+        self._return[done] = 0
+        self._length[done] = 0
+        if not self.game_scores:
+            return returns, lengths
+        final = info.get("final_info", {})
+        ended = np.asarray(final.get("_game_return", ()), dtype=bool)
+        if not ended.any():
+            return [], []
+        return np.asarray(final["game_return"])[ended].tolist(), np.asarray(final["game_length"])[ended].tolist()
