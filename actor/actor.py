@@ -26,7 +26,7 @@ from actor.exploration import apex_epsilon, epsilon_greedy
 from actor.link import LearnerLink
 from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
-from common.envs import env_spec, make_vector_env
+from common.envs import EpisodeScores, env_spec, make_vector_env
 from common.frame_dedup import dedup_stacks
 from common.policy_network import policy_network
 from common.process import derive_seed
@@ -151,7 +151,9 @@ class Actor:
         secure_client(self.push, link.curve)
         connect(self.push, replay_host, config.net.ingest_port)
         self.stream = secrets.token_hex(4)
-        self.stacked_frames = len(self.spec.obs_shape) == 3
+        # Replay keeps (K, H, W) observations as distinct frames unless replay.frame_dedup is off (MinAtar's
+        # channels are not a stack of frames): then plain rows are what it stores anyway.
+        self.stacked_frames = len(self.spec.obs_shape) == 3 and config.replay.frame_dedup
         self.env_steps = 0
         self.transitions_sent = 0
         self.transitions_dropped = 0
@@ -219,8 +221,7 @@ class Actor:
         ac = self.config.actor
         num_envs = self.config.env.num_envs
         obs, _ = self.env.reset(seed=derive_seed(self.config.seed, 3, self.index) % 2**31)
-        episode_return = np.zeros(num_envs)
-        episode_length = np.zeros(num_envs, dtype=np.int64)
+        scores = EpisodeScores(self.config.env, num_envs)  # Atari: whole games' real scores, not lives'
         every_env = np.arange(num_envs)
         outbox = Outbox(ac.send_size)
         next_report = time.monotonic() + ac.stats_interval_s
@@ -249,13 +250,10 @@ class Actor:
             acted_values = q[every_env, actions]
             transitions = self.nstep.add(obs, actions, rewards, terminated, truncated, bootstrap_obs, acted_values)
             self.env_steps += num_envs
-            episode_return += rewards
-            episode_length += 1
-            if any_done:
-                self.returns.extend(episode_return[done].tolist())
-                self.lengths.extend(episode_length[done].tolist())
-                episode_return[done] = 0
-                episode_length[done] = 0
+            returns, lengths = scores.step(rewards, done, info)
+            if returns:
+                self.returns.extend(returns)
+                self.lengths.extend(lengths)
             if transitions is not None:
                 priority = initial_priorities(transitions, next_q.max(axis=1), self.q)
                 for message in outbox.add(transitions, q_version, priority):  # the weights that acted

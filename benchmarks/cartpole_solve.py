@@ -9,7 +9,8 @@ the figure (BENCHMARKS.md: distdqn median <= 0.5x SB3's).
     python benchmarks/cartpole_solve.py --seeds 5              # both systems, seeds 0..4
     python benchmarks/cartpole_solve.py --systems distdqn      # distdqn only (no SB3 needed)
 
-SB3 is an optional benchmark dependency: `pip install stable-baselines3==2.9.2 torch==2.13.0`.
+SB3 is an optional benchmark dependency: `pip install stable-baselines3==2.9.2 torch==2.13.0`. Other envs, the
+same way: benchmarks/learning_suite.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO_ROOT, base_parser, free_port_base, print_table, run_benchmark, write_result
 
 SOLVED = 475.0
-EVAL_LINE = re.compile(r"^eval\s+t=\s*[\d.]+s\s+steps=\s*(\d+)\s+return\s+([\d.]+)")
+EVAL_LINE = re.compile(r"^eval\s+t=\s*[\d.]+s\s+steps=\s*(\d+)\s+return\s+(-?[\d.]+)")
 
 # rl-zoo's CartPole-v1 DQN hyperparameters; evaluation every 2,000 steps with 10 greedy episodes.
 SB3_SCRIPT = textwrap.dedent(
@@ -66,11 +67,13 @@ SB3_SCRIPT = textwrap.dedent(
     model.learn(total_timesteps=50_000, callback=Eval())
     """
 )
-SB3_EVAL = re.compile(r"^eval steps=(\d+) return ([\d.]+)")
+SB3_EVAL = re.compile(r"^eval steps=(\d+) return (-?[\d.]+)")
 
 
-def _run(cmd: list[str], pattern: re.Pattern[str], timeout_s: float, log: Path) -> dict[str, Any]:
-    """Run one process; time from its start to the first evaluation >= 475 it prints."""
+def run_timed(
+    cmd: list[str], pattern: re.Pattern[str], timeout_s: float, log: Path, threshold: float = SOLVED
+) -> dict[str, Any]:
+    """Run one process; time from its start to the first evaluation >= `threshold` it prints."""
     start = time.monotonic()
     first: tuple[float, int] | None = None
     last: float | None = None
@@ -92,7 +95,7 @@ def _run(cmd: list[str], pattern: re.Pattern[str], timeout_s: float, log: Path) 
                 if match:
                     steps, value = int(match.group(1)), float(match.group(2))
                     last = value
-                    if first is None and value >= SOLVED:
+                    if first is None and value >= threshold:
                         first = (time.monotonic() - start, steps)
                 if time.monotonic() - start > timeout_s:
                     break
@@ -113,11 +116,16 @@ def _run(cmd: list[str], pattern: re.Pattern[str], timeout_s: float, log: Path) 
     }
 
 
-def run_distdqn(seed: int, timeout_s: float, workdir: Path, extra: list[str]) -> dict[str, Any]:
-    run_dir = workdir / f"distdqn-s{seed}"
+def run_distdqn(
+    seed: int, timeout_s: float, workdir: Path, extra: list[str], preset: str = "cartpole", threshold: float = SOLVED
+) -> dict[str, Any]:
+    """One local cluster of `preset` (its own stop condition, at most `timeout_s`), timed to `threshold`."""
+    run_dir = workdir / f"distdqn-{preset}-s{seed}"
     cmd = [
         "bash",
         "scripts/launch_cluster.sh",
+        "--preset",
+        preset,
         "--seed",
         str(seed),
         "--run-dir",
@@ -127,7 +135,7 @@ def run_distdqn(seed: int, timeout_s: float, workdir: Path, extra: list[str]) ->
         f"stop.max_wall_s={timeout_s}",
         *extra,
     ]
-    result = _run(cmd, EVAL_LINE, timeout_s + 30, workdir / f"distdqn-s{seed}.log")
+    result = run_timed(cmd, EVAL_LINE, timeout_s + 30, workdir / f"distdqn-{preset}-s{seed}.log", threshold)
     summary = run_dir / "summary.json"
     if summary.exists():
         data = json.loads(summary.read_text())
@@ -138,7 +146,7 @@ def run_distdqn(seed: int, timeout_s: float, workdir: Path, extra: list[str]) ->
 def run_sb3(seed: int, timeout_s: float, workdir: Path) -> dict[str, Any]:
     script = workdir / "sb3_cartpole.py"
     script.write_text(SB3_SCRIPT)
-    result = _run([sys.executable, str(script), str(seed)], SB3_EVAL, timeout_s, workdir / f"sb3-s{seed}.log")
+    result = run_timed([sys.executable, str(script), str(seed)], SB3_EVAL, timeout_s, workdir / f"sb3-s{seed}.log")
     result["solved"] = result["final_eval"] is not None and result["final_eval"] >= SOLVED
     return result
 

@@ -21,10 +21,13 @@ def check_machine(config: RunConfig) -> None:
     """ConfigError or StartupError when the servers cannot run the config here: a bind that would be
     refused, an env this machine cannot make, a network that cannot take its observations, a missing
     CUDA device."""
-    from common.envs import env_spec  # late: gymnasium is imported only when checking the machine
+    from common.envs import check_env_id, env_spec  # late: gymnasium is imported only when checking the machine
     from common.security import require_secure_bind
 
     require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
+    problem = check_env_id(config.env.id)  # names the extra to install, where one is missing
+    if problem:
+        raise ConfigError(problem)
     spec = env_spec(config.env)
     if config.network.torso != "mlp":  # a convolution's arithmetic must fit the observations: build it
         from common.networks import QNetwork

@@ -65,15 +65,15 @@ class EnvConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     torso: str = "mlp"
-    """'mlp' for vector observations, 'nature_cnn' for stacked image frames"""
+    """'mlp' for vector observations, 'nature_cnn' for stacked image frames, 'minatar_cnn' for MinAtar grids"""
     hidden: tuple[int, ...] = (256, 256)
     """MLP layer widths (the CNN's dense layer uses the last one)"""
     dueling: bool = True
     """dueling value/advantage head (Wang et al. 2016)"""
 
     def __post_init__(self) -> None:
-        torso_ok = self.torso in ("mlp", "nature_cnn")
-        _check(torso_ok, "network.torso", f"must be 'mlp' or 'nature_cnn', got {self.torso!r}")
+        torso_ok = self.torso in ("mlp", "nature_cnn", "minatar_cnn")
+        _check(torso_ok, "network.torso", f"must be 'mlp', 'nature_cnn' or 'minatar_cnn', got {self.torso!r}")
         _check(len(self.hidden) >= 1, "network.hidden", "needs at least one layer")
         _check(all(1 <= h <= 65536 for h in self.hidden), "network.hidden", "widths must be in [1, 65536]")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from common.config import NetworkConfig
-from common.policy_network import check_weights
+from common.policy_network import MINATAR_CONV_CHANNELS, MINATAR_KERNEL, check_weights
 
 
 class MLPTorso(nn.Module):
@@ -51,17 +51,41 @@ class NatureCNNTorso(nn.Module):
         return self.dense(self.convs(obs.float() / 255.0))
 
 
+class MinAtarTorso(nn.Module):
+    """MinAtar's reference network (Young & Tian 2019): one 3x3 conv of 16 channels, then a dense layer.
+
+    Over (C, 10, 10) grids of 0/1 cells (common/envs.py's `ChannelsFirst`), so no scaling; no padding,
+    so the conv's output is 16 x 8 x 8. `hidden` is the dense layer's width (the reference's 128).
+    """
+
+    def __init__(self, obs_shape: Sequence[int], hidden: int) -> None:
+        super().__init__()
+        channels, height, width = obs_shape
+        self.conv = nn.Conv2d(channels, MINATAR_CONV_CHANNELS, MINATAR_KERNEL, stride=1)
+        flat = MINATAR_CONV_CHANNELS * (height - MINATAR_KERNEL + 1) * (width - MINATAR_KERNEL + 1)
+        self.dense = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.output_size = hidden
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.dense(torch.relu(self.conv(obs.float())).flatten(1))
+
+
+def _torso(obs_shape: Sequence[int], config: NetworkConfig) -> nn.Module:
+    if config.torso == "mlp":
+        return MLPTorso(int(np.prod(obs_shape)), config.hidden)
+    if len(obs_shape) != 3:
+        raise ValueError(f"{config.torso} needs (channels, height, width) observations, got {tuple(obs_shape)}")
+    if config.torso == "minatar_cnn":
+        return MinAtarTorso(obs_shape, config.hidden[-1])
+    return NatureCNNTorso(obs_shape, config.hidden[-1])
+
+
 class QNetwork(nn.Module):
     """Q(s, .) for discrete actions, with an optional dueling head: Q = V + A - mean(A)."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, config: NetworkConfig) -> None:
         super().__init__()
-        if config.torso == "nature_cnn":
-            if len(obs_shape) != 3:
-                raise ValueError(f"nature_cnn needs (channels, height, width) observations, got {tuple(obs_shape)}")
-            self.torso: nn.Module = NatureCNNTorso(obs_shape, config.hidden[-1])
-        else:
-            self.torso = MLPTorso(int(np.prod(obs_shape)), config.hidden)
+        self.torso = _torso(obs_shape, config)
         width = self.torso.output_size
         self.dueling = config.dueling
         if self.dueling:
