@@ -44,11 +44,11 @@ def env_spec(config: EnvConfig) -> EnvSpec:
     return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n))
 
 
-def make_env(config: EnvConfig, training: bool = True) -> gym.Env:
+def make_env(config: EnvConfig, training: bool = True, render_mode: str | None = None) -> gym.Env:
     if config.atari:
-        return make_atari_env(config, training)
+        return make_atari_env(config, training, render_mode)
     try:
-        return gym.make(config.id, **_make_kwargs(config))
+        return gym.make(config.id, render_mode=render_mode, **_make_kwargs(config))
     except gym.error.Error as err:
         raise ConfigError(f"env.id: cannot make {config.id!r}: {err}") from None
 
