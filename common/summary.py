@@ -17,6 +17,8 @@ def format_summary(run_dir: Path) -> str:
         f"  metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tb'})",
         f"  logs:        {run_dir / 'logs'}",
         f"  checkpoint:  {s['checkpoint']}",
+        f"  curves:      {run_dir / 'curves.png'} (redraw: distdqn-plot {run_dir} -o FILE [--metric NAME])",
+        f"  watch, play: distdqn-monitor {run_dir}; distdqn-evaluate {run_dir} --episodes 10 [--video DIR]",
     ]
     return "\n".join(lines)
 

@@ -2,16 +2,17 @@
 # Run a whole distdqn cluster on this machine: a replay server, a learner, an evaluator and N actors.
 #
 #   scripts/launch_cluster.sh [--num-actors N] [--preset NAME|FILE] [--run-dir DIR] [--seed S]
-#                             [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
+#                             [--port-base P] [--no-eval] [--monitor] [SECTION.KEY=VALUE ...]
 #
-# N defaults to the preset's actor.num_actors. The learner's progress lines stream here; every
-# process's log goes to RUN_DIR/logs/ROLE.log.
+# N defaults to the preset's actor.num_actors. The learner's progress lines stream here (with --monitor,
+# to RUN_DIR/logs/progress.log, and the live dashboard distdqn-monitor shows instead); every process's log
+# goes to RUN_DIR/logs/ROLE.log. A finished run's learning curves are drawn to RUN_DIR/curves.png.
 # Exit status: 0 when the preset's stop condition was met (solved), 1 when the run ended otherwise,
 # 2 for bad arguments, 130/143 when interrupted. Ctrl-C or SIGTERM stops every process it started.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 num_actors=""
@@ -20,6 +21,7 @@ run_dir=""
 seed=""
 port_base=""
 evaluator=1
+monitor=0
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --seed) [ $# -ge 2 ] || die "--seed needs a value"; seed="$2"; shift 2 ;;
     --port-base) [ $# -ge 2 ] || die "--port-base needs a value"; port_base="$2"; shift 2 ;;
     --no-eval) evaluator=0; shift ;;
+    --monitor) monitor=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;
@@ -67,6 +70,8 @@ mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
 
 echo "run directory: $run_dir"
+# With --monitor, what would print here goes to a file, and the dashboard gets the terminal (fds 3, 4).
+[ $monitor -eq 1 ] && exec 3>&1 4<&0 >>"$run_dir/logs/progress.log"
 start replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 start learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 learner_pid="${pid_of[learner]}"
@@ -77,6 +82,10 @@ for ((i = 0; i < num_actors; i++)); do
   start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
 echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
+if [ $monitor -eq 1 ]; then
+  "$PY" -m tools.monitor "$run_dir" <&4 >&3 2>>"$run_dir/logs/monitor.log" &
+  pids+=("$!")
+fi
 
 # Supervise the actors while the learner runs; its exit ends the run.
 while kill -0 "$learner_pid" 2>/dev/null; do
@@ -87,7 +96,10 @@ wait "$learner_pid"
 status=$?
 stopping=1
 stop_all
+[ $monitor -eq 1 ] && exec >&3 3>&- 4<&-
 if [ -f "$run_dir/summary.json" ]; then
+  "$PY" -m tools.plot "$run_dir" -o "$run_dir/curves.png" >/dev/null 2>>"$run_dir/logs/plot.log" \
+    || echo "warning: no curves.png (see $run_dir/logs/plot.log)" >&2
   "$PY" -m common.summary "$run_dir"
 else
   echo "the learner exited with status $status before writing a summary; see $run_dir/logs/learner.log" >&2

@@ -24,11 +24,17 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def run_dir(text: str) -> Path:
-    """An argparse type: a directory that a run wrote (it has a config.toml or a metrics.jsonl)."""
+def directory(text: str) -> Path:
+    """An argparse type: an existing directory (a run that is starting may hold nothing else yet)."""
     path = Path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return path
+
+
+def run_dir(text: str) -> Path:
+    """An argparse type: a directory that a run wrote (it has a config.toml or a metrics.jsonl)."""
+    path = directory(text)
     if not (path / "metrics.jsonl").exists() and not (path / "config.toml").exists():
         raise argparse.ArgumentTypeError(f"{text} is not a run directory (no metrics.jsonl or config.toml)")
     return path

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tools.cli import Parser, run_dir
+from tools.cli import Parser, directory
 from tools.run_files import RunReader, RunState, age_s
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -250,7 +250,7 @@ def watch(directory: Path, interval: float, console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser("distdqn-monitor", "Live terminal dashboard of a distdqn run, from its files.", EXAMPLES)
-    parser.add_argument("run_dir", type=run_dir, metavar="RUN_DIR", help="the run's directory")
+    parser.add_argument("run_dir", type=directory, metavar="RUN_DIR", help="the run's directory (it may be starting)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (>= 0.25; default 1)")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
     args = parser.parse_args(argv)
