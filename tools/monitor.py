@@ -128,8 +128,8 @@ def _throughput(s: RunState) -> Panel:
         ("wall-clock", _num(r.get("wall_time"), ".1f", " s")),
     ]
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     return Panel(table, title="learner and replay", title_align="left")
@@ -143,7 +143,7 @@ def _actor_age(s: RunState, actor: dict[str, Any]) -> float | None:
 
 
 def _actors(s: RunState) -> Panel:
-    table = Table(box=None, padding=(0, 1), header_style="bold")
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
     for name in ("actor", "host", "epsilon", "steps/s", "lag", "restarts", "last heard"):
         table.add_column(name, justify="left" if name == "host" else "right", no_wrap=True)
     for a in s.actors.get("actors", []):
@@ -156,7 +156,7 @@ def _actors(s: RunState) -> Panel:
             _num(a.get("env_steps_per_s")),
             _num(a.get("version_lag")),
             _num(a.get("restarts")),
-            _num(heard, ".1f", " s ago"),
+            _num(heard, ".1f", " s"),
             style=style,
         )
     if not s.actors.get("actors"):
@@ -203,8 +203,8 @@ def render(s: RunState, width: int) -> Group:
     problems = warnings(s)
     text = Text("\n".join(problems) if problems else "none", style="red" if problems else "green")
     side = Table.grid(padding=(0, 1), expand=True)
+    side.add_column(width=38)
     side.add_column(ratio=1)
-    side.add_column(ratio=2)
     side.add_row(_throughput(s), _actors(s))
     footer = Text(f"q quits  ·  read {time.strftime('%H:%M:%S')}", style="dim")
     return Group(_header(s), _returns(s, width), side, Panel(text, title="warnings", title_align="left"), footer)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,3 +71,43 @@ def test_off_loopback_needs_https_with_client_certificates() -> None:
     object.__setattr__(net, "metrics_bind_host", "0.0.0.0")
     with pytest.raises(StartupError, match="refusing"):
         start_exporter(net, "learner")
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_https_endpoint_answers_only_clients_with_a_certificate(tmp_path: Path) -> None:
+    """What an off-loopback endpoint runs with (exercised on loopback: tests listen nowhere else)."""
+    ca, server, client = (tmp_path / name for name in ("ca", "server", "client"))
+    days = ("-days", "2")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", *days,
+             "-subj", "/CN=distdqn test CA")  # fmt: skip
+    for who, extra in ((server, ["-addext", "subjectAltName=IP:127.0.0.1"]), (client, [])):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                 "-subj", f"/CN={who.name}", *extra)  # fmt: skip
+        ext = ["-copy_extensions", "copy"] if who is server else []
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                 "-out", f"{who}.pem", *days, *ext)  # fmt: skip
+    port = free_port_base(2)
+    net = NetConfig(
+        metrics_port=port,
+        metrics_tls_cert=f"{server}.pem",
+        metrics_tls_key=f"{server}.key",
+        metrics_tls_client_ca=f"{ca}.pem",
+    )
+    exporter = start_exporter(net, "learner")
+    try:
+        exporter.update({"env_steps": 42})
+        url = f"https://127.0.0.1:{port}/metrics"
+        context = ssl.create_default_context(cafile=f"{ca}.pem")
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, timeout=10, context=context).read()  # no client certificate
+        context.load_cert_chain(f"{client}.pem", f"{client}.key")
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            text = response.read().decode()
+    finally:
+        exporter.close()
+    families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    assert families["distdqn_env_steps"][0].value == 42
