@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 DEFAULT_METRIC = "eval_return_mean"
 GRID_POINTS = 200
+TITLES = {
+    "eval_return_mean": "greedy evaluation return (eval_return_mean)",
+    "train_return_mean": "training episode return (train_return_mean)",
+}
 AXES = (("env_steps", "env steps"), ("wall_time", "wall-clock (s)"))
 EXAMPLES = """\
   distdqn-plot runs/cartpole-s0-20261201-101500 -o curves.png
@@ -60,15 +64,18 @@ def _is_number(value: Any) -> bool:
 
 
 def _draw_group(ax: Axes, curves: list[Curve], axis: str, color: str) -> None:
-    label = curves[0].group if len(curves) > 1 else f"{curves[0].group} {curves[0].run_dir.name}"
-    if len(curves) == 1:
-        c = curves[0].columns
-        ax.plot(c[axis], c["value"], color=color, label=label, marker="." if len(c["value"]) < 40 else None)
-        return
+    begin = max(float(c.columns[axis].min()) for c in curves)
     end = min(float(c.columns[axis].max()) for c in curves)
-    grid = np.linspace(min(float(c.columns[axis].min()) for c in curves), end, GRID_POINTS)
+    if len(curves) == 1 or begin >= end:  # one run, or runs with no span in common: each its own line
+        for i, curve in enumerate(curves):
+            c, label = curve.columns, f"{curve.group} {curve.run_dir.name}"
+            marker = "." if len(c["value"]) < 40 else None
+            ax.plot(c[axis], c["value"], color=color, label=label, marker=marker, alpha=1.0 if i == 0 else 0.6)
+        return
+    grid = np.linspace(begin, end, GRID_POINTS)
     stacked = np.stack([np.interp(grid, c.columns[axis], c.columns["value"]) for c in curves])
-    ax.plot(grid, stacked.mean(axis=0), color=color, label=f"{label}: mean of {len(curves)} runs")
+    label = f"{curves[0].group}: mean of {len(curves)} runs, band from lowest to highest"
+    ax.plot(grid, stacked.mean(axis=0), color=color, label=label)
     ax.fill_between(grid, stacked.min(axis=0), stacked.max(axis=0), color=color, alpha=0.25, linewidth=0)
 
 
@@ -92,7 +99,8 @@ def make_figure(curves: list[Curve], metric: str) -> Figure:
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
-    fig.suptitle(f"{metric} ({len(curves)} run{'s' if len(curves) != 1 else ''})")
+    title = TITLES.get(metric, metric)
+    fig.suptitle(f"{title} ({len(curves)} run{'s' if len(curves) != 1 else ''})")
     return fig
 
 
