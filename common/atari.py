@@ -52,13 +52,15 @@ def _register() -> None:
     gym.register_envs(ale_py)
 
 
-def make_atari_env(config: EnvConfig, training: bool = True) -> gym.Env:
-    """One preprocessed game; `training` adds episodic lives, clipped rewards and the game score."""
+def make_atari_env(config: EnvConfig, training: bool = True, render_mode: str | None = None) -> gym.Env:
+    """One preprocessed game; `training` adds episodic lives, clipped rewards and the game score.
+    `render_mode="rgb_array"` renders the full-colour screen (for videos), whatever the observations are."""
     _register()
     kwargs: dict[str, Any] = {
         "frameskip": 1,
         "obs_type": "grayscale",
         "repeat_action_probability": config.sticky_actions,
+        "render_mode": render_mode,
     }
     if config.max_episode_steps:
         kwargs["max_num_frames_per_episode"] = FRAME_SKIP * config.max_episode_steps

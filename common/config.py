@@ -260,6 +260,16 @@ class NetConfig:
     """path to the servers' public NAME.key, for the learner's connection to replay"""
     curve_authorized_dir: str = ""
     """directory of client public keys (*.key) the servers accept; the server's own key is implied"""
+    metrics_port: int = 0
+    """learner's Prometheus endpoint (HTTP /metrics), replay's on the next port; 0: off (needs the metrics extra)"""
+    metrics_bind_host: str = "127.0.0.1"
+    """interface the metrics endpoints listen on; any other than loopback needs the three metrics_tls_* files"""
+    metrics_tls_cert: str = ""
+    """PEM certificate the metrics endpoints serve HTTPS with"""
+    metrics_tls_key: str = ""
+    """PEM private key of metrics_tls_cert"""
+    metrics_tls_client_ca: str = ""
+    """PEM CA bundle: only scrapers presenting a client certificate it signed are answered"""
 
     def __post_init__(self) -> None:
         for name in ("learner_port", "weights_port", "ingest_port", "sample_port"):
@@ -279,6 +289,32 @@ class NetConfig:
             len(missing) in (0, 3),
             f"net.{missing[0] if missing else ''}",
             "CurveZMQ needs curve_secret_key, curve_server_key and curve_authorized_dir all set (or none)",
+        )
+        self._check_metrics(ports)
+
+    def _check_metrics(self, ports: list[int]) -> None:
+        """Metrics are read-only but tell how a run is doing: off loopback they are served like the other
+        servers, encrypted and to known clients only (HTTPS with a required client certificate)."""
+        metrics_ports = [self.metrics_port, self.metrics_port + 1] if self.metrics_port else []
+        _check(
+            0 <= self.metrics_port <= 65534, "net.metrics_port", f"must be 0 or in [1, 65534], got {self.metrics_port}"
+        )
+        _check(
+            not set(metrics_ports) & set(ports), "net.metrics_port", "it and the next port must differ from the four"
+        )
+        _check(
+            _valid_host(self.metrics_bind_host),
+            "net.metrics_bind_host",
+            f"not an IP address: {self.metrics_bind_host!r}",
+        )
+        tls = [self.metrics_tls_cert, self.metrics_tls_key, self.metrics_tls_client_ca]
+        _check(all(tls) or not any(tls), "net.metrics_tls_cert", "set metrics_tls_cert, _key and _client_ca together")
+        loopback = self.metrics_bind_host != "*" and ipaddress.ip_address(self.metrics_bind_host).is_loopback
+        _check(
+            loopback or all(tls),
+            "net.metrics_bind_host",
+            f"{self.metrics_bind_host} is not loopback: set metrics_tls_cert, _key and _client_ca "
+            "(HTTPS, client certificates required) or keep 127.0.0.1",
         )
 
     def with_port_base(self, base: int) -> NetConfig:

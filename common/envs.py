@@ -109,13 +109,13 @@ def env_spec(config: EnvConfig) -> EnvSpec:
     return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n))
 
 
-def make_env(config: EnvConfig, training: bool = True) -> gym.Env:
+def make_env(config: EnvConfig, training: bool = True, render_mode: str | None = None) -> gym.Env:
     if config.atari:
-        return make_atari_env(config, training)
+        return make_atari_env(config, training, render_mode)
     if config.id.startswith(MINATAR_PREFIX):
-        return make_minatar_env(config)
+        return make_minatar_env(config, render_mode)
     with _env_errors(config.id):
-        return gym.make(config.id, **_make_kwargs(config))
+        return gym.make(config.id, render_mode=render_mode, **_make_kwargs(config))
 
 
 @contextlib.contextmanager
@@ -131,11 +131,11 @@ def _env_errors(env_id: str) -> Iterator[None]:
         raise ConfigError(f"env.id: cannot make {env_id!r}: {err}") from None
 
 
-def make_minatar_env(config: EnvConfig) -> gym.Env:
+def make_minatar_env(config: EnvConfig, render_mode: str | None = None) -> gym.Env:
     """A MinAtar game as its reference DQN saw it (sticky actions 0.1, difficulty ramping), channels first."""
     _register_minatar()
     with _env_errors(config.id):
-        env = gym.make(config.id, **_make_kwargs(config))
+        env = gym.make(config.id, render_mode=render_mode, **_make_kwargs(config))
     return ChannelsFirst(env)
 
 

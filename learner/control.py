@@ -54,6 +54,9 @@ class ActorRecord:
     epsilon: float = float("nan")
     last_seen: float = field(default_factory=time.monotonic)
     silent: bool = False
+    host: str = "?"
+    process: tuple = ()  # (host, instance or pid) of its hello: a new one at the same index is a restart
+    restarts: int = 0
 
 
 class ControlServer(threading.Thread):
@@ -300,8 +303,11 @@ class ControlServer(threading.Thread):
         if msg.meta["role"] == "actor":
             # Known from its hello on, so an actor that hangs before its first report is still noticed;
             # a restarted actor counts its steps from zero again.
+            process = (msg.meta.get("host", "?"), msg.meta.get("instance", msg.meta.get("pid")))
             with self._lock:
-                self.actors[index] = ActorRecord(index)
+                before = self.actors.get(index)
+                restarts = before.restarts + (before.process != process) if before else 0
+                self.actors[index] = ActorRecord(index, host=process[0], process=process, restarts=restarts)
         config = self.config.to_dict()
         # Key file locations are this machine's business; actors bring their own keys.
         config["net"].update(curve_secret_key="", curve_server_key="", curve_authorized_dir="")

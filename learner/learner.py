@@ -22,9 +22,11 @@ import zmq
 
 from common.config import RunConfig, save_config
 from common.envs import EnvSpec
+from common.metrics_export import start_exporter
 from common.networks import QNetwork, parameter_views, weights_to_numpy
 from common.runlog import RunLog
 from common.security import ClientSecurity
+from learner.actors_report import ActorsReport
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.control import ControlServer
 from learner.losses import nstep_targets, td_loss
@@ -75,6 +77,7 @@ class Learner:
         self.guard = NonFiniteGuard()
         self._train_returns: list[float] = []
         self.checkpoint_dir = run_dir / "checkpoints"
+        self.actors_report = ActorsReport(run_dir / "actors.json")
         # Keys load here, before any thread starts, so a bad key file is a plain startup error.
         curve = ClientSecurity.from_config(config.net)
         self.ctx = zmq.Context()
@@ -218,6 +221,7 @@ class Learner:
     def run(self, stop_event) -> Outcome:  # noqa: C901 - one loop, grouped by concern
         config, lc, sc = self.config, self.config.learner, self.config.stop
         runlog = RunLog(self.run_dir)
+        self.exporter = start_exporter(config.net, "learner")
         self.control.start()
         self.replay.start()
         self.publish()
@@ -283,6 +287,7 @@ class Learner:
                             "eval_weight_version": version,
                         }
                     )
+                    self.exporter.update({"eval_return_mean": mean, "eval_weight_version": version})
                     print(
                         f"eval  t={now - start:6.1f}s steps={self.env_steps:>8d} return {mean:7.1f} "
                         f"(weights v{version}, {consecutive}/{sc.eval_consecutive} in a row >= {sc.eval_return:g})",
@@ -295,6 +300,8 @@ class Learner:
                 if now >= next_health_check:
                     self.control.report_silent_actors()
                     next_health_check = now + 1.0
+                    counters = {"wall_time": now - start, "env_steps": self.env_steps, "learner_updates": self.updates}
+                    self.exporter.update({**counters, "weight_version": self.version})
                 if now - last_row >= config.log_interval_s:
                     self._write_row(runlog, now - start, now - last_row, row_updates, row_steps, losses, qs, waited)
                     row_updates, row_steps, last_row = self.updates, self.env_steps, now
@@ -321,6 +328,7 @@ class Learner:
             self.control.close()
             self.checkpoint()
             runlog.close()
+            self.exporter.close()
             self.ctx.destroy(linger=0)
         assert outcome is not None
         outcome.env_steps = self.env_steps
@@ -373,6 +381,8 @@ class Learner:
             "learner_unauthenticated": self.control.unauthenticated,
         }
         runlog.write(row)
+        self.exporter.update(row)
+        self.actors_report.write(self.control.alive_actors(within_s=math.inf), self.version)
         train = f"{row['train_return_mean']:7.1f}" if returns else "      -"
         print(
             f"train t={wall:6.1f}s steps={self.env_steps:>8d} ({row['env_steps_per_s']:6.0f}/s) "

@@ -29,6 +29,7 @@ from common.durable import write_rotating
 from common.envs import EnvSpec
 from common.errors import StartupError
 from common.frame_dedup import dedup_stacks
+from common.metrics_export import start_exporter
 from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.shared_batches import BatchFileMapping, SharedBatchesUnavailable
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
@@ -561,6 +562,7 @@ class ReplayServer:
         poller.register(self.requests, zmq.POLLIN)
         ingest_registered = False
         next_log = time.monotonic() + interval
+        exporter = start_exporter(self.config.net, "replay")
         log.info("serving: ingest %s, sampling %s", self.ingest_address, self.sample_address)
         while not stop.is_set():
             want_ingest = self._held is None or self._can_insert(self._held[1])
@@ -585,6 +587,7 @@ class ReplayServer:
             if time.monotonic() >= next_log:
                 next_log += interval
                 s = self.stats()
+                exporter.update(s)
                 log.info(
                     "size %d/%d inserted %d (%.0f/s) sampled %d (%.0f/s) ratio %.2f rejected %d%s",
                     s["size"],
@@ -600,6 +603,7 @@ class ReplayServer:
                 if s["lost"]:
                     log.warning("%d transitions lost in transit so far (see %s)", s["lost"], ACCOUNTING_FILE)
                 self._write_accounting()
+        exporter.close()
         self._drain_at_stop()
         self._exit_snapshot()
 

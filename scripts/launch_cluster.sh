@@ -2,20 +2,22 @@
 # Run a whole distdqn cluster on this machine: a replay server, a learner, an evaluator and N actors.
 #
 #   scripts/launch_cluster.sh [--num-actors N] [--servers-only] [--preset NAME|FILE] [--run-dir DIR]
-#                             [--seed S] [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
+#                             [--seed S] [--port-base P] [--no-eval] [--monitor] [SECTION.KEY=VALUE ...]
 #
 # N (default: the preset's actor.num_actors) is the whole actor population; N actors start here unless
 # --servers-only, which starts replay, learner and evaluator only (actors join from elsewhere, e.g.
 # scripts/launch_actors.sh). Ports P..P+3: learner control, weights, replay ingest, replay sampling.
-# The learner's progress lines stream here; every process's log goes to RUN_DIR/logs/ROLE.log.
+# The learner's progress lines stream here (with --monitor, to RUN_DIR/logs/progress.log, and the live
+# dashboard distdqn-monitor shows instead); every process's log goes to RUN_DIR/logs/ROLE.log.
 # Replay, learner, evaluator and actors that die are restarted with backoff (replay from its snapshot,
 # the learner from its checkpoint), up to 5 times each; RUN_DIR/logs/launcher.log says what happened.
+# A finished run's learning curves are drawn to RUN_DIR/curves.png.
 # Exit status: 0 when the preset's stop condition was met (solved), 1 when the run ended otherwise,
 # 2 for bad arguments, 130/143 when interrupted. Ctrl-C or SIGTERM stops every process it started.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 num_actors=""
@@ -25,6 +27,7 @@ seed=""
 port_base=""
 evaluator=1
 local_actors=1
+monitor=0
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
     --port-base) [ $# -ge 2 ] || die "--port-base needs a value"; port_base="$2"; shift 2 ;;
     --no-eval) evaluator=0; shift ;;
     --servers-only) local_actors=0; shift ;;
+    --monitor) monitor=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;
@@ -78,6 +82,8 @@ learner_done() {  # the learner's work is done when it wrote this run's summary 
   local summary="$run_dir/summary.json"
   [ -f "$summary" ] && [ "$(stat -c %Y "$summary")" -ge "${launched_at[learner]}" ]
 }
+# With --monitor, what would print here goes to a file, and the dashboard gets the terminal (fds 3, 4).
+[ $monitor -eq 1 ] && exec 3>&1 4<&0 >>"$run_dir/logs/progress.log"
 start_supervised replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 restart_with replay --restore
 start_supervised learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
@@ -96,6 +102,10 @@ else
   echo "started replay, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
     "127.0.0.1:$learner_port (e.g. scripts/launch_actors.sh); Ctrl-C stops them all"
 fi
+if [ $monitor -eq 1 ]; then
+  "$PY" -m tools.monitor "$run_dir" <&4 >&3 2>>"$run_dir/logs/monitor.log" &
+  pids+=("$!")
+fi
 
 # Supervise everything while the learner runs; the end of its work (its summary) ends the run.
 while [ -n "${pid_of[learner]}" ]; do
@@ -109,7 +119,10 @@ done
 status="${exit_of[learner]:-1}"
 stopping=1
 stop_all
+[ $monitor -eq 1 ] && exec >&3 3>&- 4<&-
 if learner_done learner "$status" 2>/dev/null; then
+  "$PY" -m tools.plot "$run_dir" -o "$run_dir/curves.png" >/dev/null 2>>"$run_dir/logs/plot.log" \
+    || echo "warning: no curves.png (see $run_dir/logs/plot.log)" >&2
   "$PY" -m common.summary "$run_dir"
 else
   echo "the learner exited with status $status before writing a summary; see $run_dir/logs/learner.log" >&2

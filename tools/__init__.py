@@ -1,0 +1,1 @@
+"""The operator's commands: distdqn-monitor, distdqn-plot and distdqn-evaluate."""
