@@ -78,6 +78,7 @@ class Learner:
         self._train_returns: list[float] = []
         self.checkpoint_dir = run_dir / "checkpoints"
         self.actors_report = ActorsReport(run_dir / "actors.json")
+        self.exporter = start_exporter(config.net, "learner")  # a no-op unless net.metrics_port is set
         # Keys load here, before any thread starts, so a bad key file is a plain startup error.
         curve = ClientSecurity.from_config(config.net)
         self.ctx = zmq.Context()
@@ -221,7 +222,6 @@ class Learner:
     def run(self, stop_event) -> Outcome:  # noqa: C901 - one loop, grouped by concern
         config, lc, sc = self.config, self.config.learner, self.config.stop
         runlog = RunLog(self.run_dir)
-        self.exporter = start_exporter(config.net, "learner")
         self.control.start()
         self.replay.start()
         self.publish()
