@@ -10,6 +10,10 @@ from there and unsubscribe from the full weights, which this thread then copies 
 actors elsewhere. The same loop logs peers whose connection to either socket is lost or comes back
 (`common.monitor`); which actor went quiet is told by `report_silent_actors`, from the statistics it
 stopped sending.
+
+Peers are not trusted: who may report what is `learner.peer_roles`, what their counters may add is
+`learner.actors`, how often the whole network goes out for a `get_weights` is `learner.weight_replies`,
+and one message that breaks a handler is counted and logged, never the end of this thread.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 import zmq
@@ -41,7 +46,7 @@ from common.sockets import bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from learner.actors import MAX_EPISODES_PER_REPORT, ActorRecord, ActorRegistry, Refused, log_expired, log_silence
 from learner.peer_roles import PeerRoles
-from learner.weight_replies import WeightReplies, send_tracked
+from learner.weight_replies import WeightReplies
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +324,8 @@ class ControlServer(threading.Thread):
     def _hello(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
         meta = msg.meta
         role = meta["role"]
-        self.roles.declare(identity, role, authenticated)
-        index, epsilon, new = meta["actor_index"], None, True
+        new = self.roles.declare(identity, role, authenticated)
+        index, epsilon = meta["actor_index"], None
         if role == "actor":
             with self._lock:
                 record, new = self.registry.join(identity, meta.get("instance", ""), index, time.monotonic())
@@ -342,19 +347,12 @@ class ControlServer(threading.Thread):
         if weights is None:
             self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
             return
-        now = time.monotonic()
-        refusal = self._weight_replies.refusal(identity, weights[0], now)
-        if refusal is not None:
-            self._count(refusal)
-            return
-        frames = self._encode("weights", {"version": weights[0], "run_id": self.run_id}, weights[1])
-        try:
-            tracker = send_tracked(self.router, [identity, *frames])
-        except zmq.ZMQError as err:
+        encode = partial(self._encode, "weights", {"version": weights[0], "run_id": self.run_id}, weights[1])
+        refusal = self._weight_replies.send(self.router, identity, weights[0], encode, time.monotonic())
+        if refusal == "reply_dropped":
             self.replies_dropped += 1
-            log.debug("weights reply failed: %s", err)
-            return
-        self._weight_replies.sent(identity, weights[0], tracker, now)
+        elif refusal is not None:
+            self._count(refusal)
 
     def _actor_stats(self, identity: bytes, msg: Message) -> None:
         returns = msg.arrays["episode_returns"]

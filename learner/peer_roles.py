@@ -39,8 +39,9 @@ class PeerRoles:
         """The role of the key that sent `frame` (received with copy=False); None without authentication."""
         return peer_role(frame)
 
-    def declare(self, identity: bytes, role: str, authenticated: str | None) -> None:
-        """A hello's role; raises Refused if it is not one this peer may take."""
+    def declare(self, identity: bytes, role: str, authenticated: str | None) -> bool:
+        """A hello's role, True the first time this connection declares it; raises Refused if it is not
+        one this peer may take."""
         if role not in ROLES:
             raise Refused("bad_role", f"role {printable(role)}")
         if authenticated is not None and authenticated != role:
@@ -52,6 +53,7 @@ class PeerRoles:
         self._declared[identity] = role
         while len(self._declared) > MAX_PEERS:
             self._declared.popitem(last=False)
+        return declared is None
 
     def role_of(self, identity: bytes, authenticated: str | None) -> str | None:
         """The authenticated role, or where there is none, what this connection's hello declared."""

@@ -12,6 +12,7 @@ What is refused is counted; the peer asks again, and the broadcast still reaches
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -45,6 +46,19 @@ class WeightReplies:
         self._pending = [t for t in self._pending if not t.done]
         if len(self._pending) >= MAX_PENDING:
             return "weights_busy"
+        return None
+
+    def send(self, sock: zmq.Socket, peer: bytes, version: int, encode: Callable[[], list], now: float) -> str | None:
+        """Reply to `peer` on ROUTER `sock` with `encode()`'s frames unless refused; the refusal's reason
+        ("reply_dropped" when the peer is gone or its queue is full), or None when sent."""
+        refusal = self.refusal(peer, version, now)
+        if refusal is not None:
+            return refusal
+        try:
+            tracker = send_tracked(sock, [peer, *encode()])
+        except zmq.ZMQError:
+            return "reply_dropped"
+        self.sent(peer, version, tracker, now)
         return None
 
     def sent(self, peer: bytes, version: int, tracker: zmq.MessageTracker | None, now: float) -> None:
