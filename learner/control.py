@@ -50,8 +50,6 @@ from learner.weight_replies import WeightReplies
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActorRecord", "ControlServer"]
-
 CONTROL_KINDS = ("hello", "get_weights", "actor_stats", "eval_result")
 # What the control kinds can carry: a hello or a report of MAX_EPISODES_PER_REPORT episodes is a few KB.
 MAX_CONTROL_MESSAGE_BYTES = 1 << 20
