@@ -315,6 +315,8 @@ class ControlServer(threading.Thread):
         elif msg.kind == "get_weights":
             self._get_weights(identity)
         elif msg.kind == "actor_stats":
+            if self.roles.role_of(identity, role) not in (None, "actor"):  # None: taken on, as after a restart
+                raise Refused("not_actor", "actor_stats from an evaluator")
             self._actor_stats(identity, msg)
         else:
             self._eval_result(identity, role, msg)

@@ -150,6 +150,9 @@ def test_only_an_evaluator_reports_evaluations(served) -> None:
     evaluator.send("eval_result", {"weight_version": 1}, result)
     _wait_for(lambda: len(control.eval_results) == 1)
     assert control.take_statistics()[1][0][0] == 1
+    evaluator.stats(0, 10**6)  # nor does an evaluator count steps
+    _wait_for(lambda: control.rejected["not_actor"] == 1)
+    assert control.env_steps == 0
     # A connection cannot change its role, nor name one no peer may take.
     actor.send("hello", {"role": "evaluator", "actor_index": 0})
     stranger.send("hello", {"role": "learner", "actor_index": 0})
