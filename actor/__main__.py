@@ -75,7 +75,7 @@ def _main() -> int:
         else:
             from actor.actor import Actor
 
-            worker = Actor(link, welcome.config, welcome.actor_index)
+            worker = Actor(link, welcome.config, welcome.actor_index, welcome.epsilon)
             link.connections.watch(worker.push, "replay ingest")
         # Fetched last, once everything else is built, so the weights are as fresh as they can be.
         first = link.fetch_weights(stop)

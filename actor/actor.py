@@ -121,13 +121,16 @@ class Outbox:
 
 
 class Actor:
-    def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int) -> None:
+    def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int, epsilon: float | None = None) -> None:
+        """`epsilon`: the one the learner chose (its welcome's); None computes the Ape-X one here."""
         self.link = link
         self.config = config
         self.index = actor_index
         self.spec = env_spec(config.env)
         ac = config.actor
-        self.epsilon = apex_epsilon(actor_index, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha)
+        if epsilon is None:
+            epsilon = apex_epsilon(actor_index, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha)
+        self.epsilon = epsilon
         self.q = policy_network(  # numpy for MLPs: no torch in the process at all
             self.spec.obs_shape, self.spec.num_actions, config.network, seed=derive_seed(config.seed, 1, actor_index)
         )

@@ -20,7 +20,9 @@ def apex_epsilon(index: int, population: int, base: float = 0.4, alpha: float = 
     global index larger than the local population, and wrapping keeps them on
     the same geometric ladder instead of failing or extrapolating to an
     epsilon that is effectively zero. With a single actor there is no ladder,
-    so it simply gets ``base``.
+    so it simply gets ``base``. The learner hands out the free indices in
+    [0, N) first, and sends the result of this function in its welcome
+    (``learner.actors``), so that actors written elsewhere need not compute it.
 
     Raises:
         ValueError: if ``population < 1``, ``index < 0``, ``base`` is outside

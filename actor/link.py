@@ -20,7 +20,9 @@ and while it waits to send.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 60.0
 RETRY_S = 0.5
+HELLO_EVERY_S = 2.0
+CONTROL_CHECK_S = 1.0
+# Refusals that pass (a full roll of actors empties as silent ones expire): keep saying hello.
+TRANSIENT_REFUSALS = frozenset({"too_many_actors"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class Welcome:
     config: RunConfig
     actor_index: int
     run_id: str
+    epsilon: float | None = None
+    """the exploration epsilon the learner chose; None from a learner that does not choose"""
 
 
 class LearnerLink:
@@ -69,6 +77,9 @@ class LearnerLink:
         self.role = role
         self.ctx = ctx
         self.encode = Encoder(f"{role}-{os.getpid()}")
+        self.instance = secrets.token_hex(8)  # this process, on every retry of its hello
+        self._hello: dict | None = None
+        self._next_control_check = 0.0
         self.connections = ConnectionMonitor(log)
         self.control = make_socket(ctx, zmq.DEALER, hwm=1024, max_message_bytes=64 << 20)
         secure_client(self.control, curve)
@@ -86,8 +97,12 @@ class LearnerLink:
         self.received: Counter[str] = Counter()  # weight versions that came by "broadcast" or "shared_memory"
 
     def join(self, actor_index: int, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Welcome:
-        """Say hello until the learner answers; a refusal or a silent learner is a clear StartupError."""
+        """Say hello until the learner answers; a refusal or a silent learner is a clear StartupError.
+
+        Every retry carries the same `instance`, so hellos that queued up while the learner was away
+        are one actor to it, with one index."""
         meta = {"role": self.role, "actor_index": actor_index, "host": socket.gethostname(), "pid": os.getpid()}
+        self._hello = meta = {**meta, "instance": self.instance}
         deadline = time.monotonic() + timeout_s
         next_send = 0.0
         while not stop.is_set():
@@ -99,16 +114,26 @@ class LearnerLink:
                 )
             if now >= next_send:
                 self._try_send(self.encode("hello", meta))
-                next_send = now + 2.0
+                next_send = now + HELLO_EVERY_S
             msg = self._recv(self.control, ("welcome", "error"), RETRY_S)
             if msg is None:
                 continue
+            if msg.kind == "error" and msg.meta["reason"] in TRANSIENT_REFUSALS:
+                log.info("the learner cannot take this %s yet (%s); retrying", self.role, msg.meta["reason"])
+                continue
             if msg.kind == "error":
                 raise StartupError(f"the learner refused to let this {self.role} join: {msg.meta}")
-            config = RunConfig.from_dict(msg.meta["config"])
-            self.learner_run_id = msg.meta["run_id"]
-            return Welcome(config, msg.meta["actor_index"], msg.meta["run_id"])
+            return self._welcome(msg)
         raise StartupError("interrupted while joining")
+
+    def _welcome(self, msg: Message) -> Welcome:
+        config = RunConfig.from_dict(msg.meta["config"])
+        self.learner_run_id = msg.meta["run_id"]
+        epsilon = msg.meta.get("epsilon")
+        if epsilon is not None and not (math.isfinite(epsilon) and 0 <= epsilon <= 1):
+            log.warning("ignored the learner's epsilon %r: not in [0, 1]", epsilon)
+            epsilon = None
+        return Welcome(config, msg.meta["actor_index"], msg.meta["run_id"], None if epsilon is None else float(epsilon))
 
     def subscribe(self, config: RunConfig) -> None:
         host = config.net.public_host or self.learner_host
@@ -145,17 +170,27 @@ class LearnerLink:
         return "is this actor's public key in the servers' authorized directory, and --curve-server-key theirs?"
 
     def fetch_weights(self, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Message:
-        """Ask the learner for its current weights and wait until they come (or stop / time out)."""
+        """Ask the learner for its current weights and wait until they come (or stop / time out).
+
+        Once subscribed, weights from the broadcast do as well: the learner answers `get_weights` at a
+        bounded rate, and one that is busy answering others still publishes every version."""
         deadline = time.monotonic() + timeout_s
+        next_ask = 0.0
         while not stop.is_set() and time.monotonic() < deadline:
-            self._try_send(self.encode("get_weights"))
+            if time.monotonic() >= next_ask:
+                self._try_send(self.encode("get_weights"))
+                next_ask = time.monotonic() + HELLO_EVERY_S
             # A late `welcome` answers a repeated hello from a slow start: nothing to act on.
-            msg = self._recv(self.control, ("weights", "error", "welcome"), 2.0)
+            msg = self._recv(self.control, ("weights", "error", "welcome"), RETRY_S)
             if msg is not None and msg.kind == "weights":
                 self.version = msg.meta["version"]
                 self.learner_run_id = msg.meta.get("run_id", self.learner_run_id)
                 return msg
-            time.sleep(RETRY_S if msg is not None and msg.kind == "error" else 0)
+            if msg is not None and msg.kind == "error":
+                next_ask = min(next_ask, time.monotonic() + RETRY_S)
+            broadcast = self.newest_weights() if self.weights_sub is not None else None
+            if broadcast is not None:
+                return broadcast
         raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
 
     def newest_weights(self, load: Callable[[Mapping[str, np.ndarray]], None] | None = None) -> Message | None:
@@ -167,6 +202,8 @@ class LearnerLink:
         """
         assert self.weights_sub is not None, "subscribe() first"
         self.connections.poll()
+        if time.monotonic() >= self._next_control_check:
+            self._serve_control()
         newest = None
         while True:
             try:
@@ -194,6 +231,25 @@ class LearnerLink:
         if newest is not None and load is not None:
             load(newest.arrays)
         return newest
+
+    def _serve_control(self) -> None:
+        """Replies outside join and fetch: a learner that restarted without hearing this process's hello
+        asks for it again (an evaluator's results count only after it); late answers are dropped."""
+        self._next_control_check = time.monotonic() + CONTROL_CHECK_S
+        while True:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frames, expect=("welcome", "weights", "error"))
+            except DecodeError as err:
+                self.rejected += 1
+                log.warning("ignored a bad reply from the learner: %s", err)
+                continue
+            if msg.kind == "error" and msg.meta["reason"] == "hello_first" and self._hello is not None:
+                log.info("the learner asks this %s to say hello again", self.role)
+                self._try_send(self.encode("hello", self._hello))
 
     def _follow_ref(self, msg: Message) -> None:
         """A notice of weights in shared memory: map the file if it is new to us and usable."""

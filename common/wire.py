@@ -71,12 +71,13 @@ _NUM = (int, float)
 SCHEMAS: dict[str, Schema] = {
     "hello": Schema(
         meta={"role": str, "actor_index": int},
-        optional_meta={"host": str, "pid": int},
+        optional_meta={"host": str, "pid": int, "instance": str},
         doc="actor/evaluator -> learner: join the run; actor_index -1 asks the learner to assign one",
     ),
     "welcome": Schema(
         meta={"config": dict, "actor_index": int, "run_id": str},
-        doc="learner -> actor: the run config and the actor's global index",
+        optional_meta={"epsilon": _NUM},
+        doc="learner -> actor: the run config, the actor's global index and the epsilon it is to explore with",
     ),
     "get_weights": Schema(doc="actor -> learner: ask for the current weights now (a late joiner never waits)"),
     "weights": Schema(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from learner.control import ActorRecord
+from learner.actors import ActorRecord
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,10 @@ from there and unsubscribe from the full weights, which this thread then copies 
 actors elsewhere. The same loop logs peers whose connection to either socket is lost or comes back
 (`common.monitor`); which actor went quiet is told by `report_silent_actors`, from the statistics it
 stopped sending.
+
+Peers are not trusted: who may report what is `learner.peer_roles`, what their counters may add is
+`learner.actors`, how often the whole network goes out for a `get_weights` is `learner.weight_replies`,
+and one message that breaks a handler is counted and logged, never the end of this thread.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import zmq
 
 from common.config import RunConfig
 from common.monitor import ConnectionMonitor
+from common.safe_log import PeerWarnings, printable
 from common.security import ServerSecurity, require_secure_bind, secure_server
 from common.shared_weights import (
     LayoutMismatch,
@@ -39,24 +44,18 @@ from common.shared_weights import (
 )
 from common.sockets import bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
+from learner.actors import MAX_EPISODES_PER_REPORT, ActorRecord, ActorRegistry, Refused, log_expired, log_silence
+from learner.peer_roles import PeerRoles
+from learner.weight_replies import WeightReplies
 
 log = logging.getLogger(__name__)
 
-SILENT_AFTER_S = 5.0  # actors report every actor.stats_interval_s (1 s by default)
-
-
-@dataclass
-class ActorRecord:
-    index: int
-    env_steps: int = 0
-    transitions_sent: int = 0
-    weight_version: int = -1
-    epsilon: float = float("nan")
-    last_seen: float = field(default_factory=time.monotonic)
-    silent: bool = False
-    host: str = "?"
-    process: tuple = ()  # (host, instance or pid) of its hello: a new one at the same index is a restart
-    restarts: int = 0
+CONTROL_KINDS = ("hello", "get_weights", "actor_stats", "eval_result")
+# What the control kinds can carry: a hello or a report of MAX_EPISODES_PER_REPORT episodes is a few KB.
+MAX_CONTROL_MESSAGE_BYTES = 1 << 20
+REPLY_HWM = 16  # replies queued per peer (a few KB each, weights aside): a peer that does not read gets no more
+MAX_PENDING_RESULTS = 10_000  # returns kept for the update loop between its reads
+EXPIRY_CHECK_S = 1.0
 
 
 class ControlServer(threading.Thread):
@@ -75,15 +74,18 @@ class ControlServer(threading.Thread):
         self._shared_announced = False
         self._stop_reason: str | None = None
         self._closing = threading.Event()
-        self._next_index = config.actor.num_actors  # explicit indices 0..N-1 belong to launched actors
-        self.actors: dict[int, ActorRecord] = {}
-        self.env_steps = 0  # summed from the actors' cumulative counters, restarts included
+        self.registry = ActorRegistry(config)
+        self.roles = PeerRoles()
+        self._weight_replies = WeightReplies()
+        self._warnings = PeerWarnings(log)
         self.episode_returns: deque[float] = deque(maxlen=100)
-        self.new_returns: list[float] = []
-        self.eval_results: list[tuple[int, np.ndarray]] = []
-        self.rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
-        max_bytes = config.net.max_message_mb << 20
+        self.new_returns: deque[float] = deque(maxlen=MAX_PENDING_RESULTS)
+        self.eval_results: deque[tuple[int, np.ndarray]] = deque(maxlen=100)
+        self._rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
+        self.replies_dropped = 0  # to peers gone or not reading
+        max_bytes = min(config.net.max_message_mb << 20, MAX_CONTROL_MESSAGE_BYTES)
         self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
+        self.router.setsockopt(zmq.SNDHWM, REPLY_HWM)
         # No heartbeats on the broadcast: a subscriber busy for seconds (an evaluator mid-game) stops
         # reading, and libzmq then drops the connection and can abort on the reconnect (see make_socket).
         self.pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
@@ -170,8 +172,9 @@ class ControlServer(threading.Thread):
     def take_statistics(self) -> tuple[list[float], list[tuple[int, np.ndarray]]]:
         """Episode returns and evaluation results that arrived since the last call."""
         with self._lock:
-            returns, self.new_returns = self.new_returns, []
-            evals, self.eval_results = self.eval_results, []
+            returns, evals = list(self.new_returns), list(self.eval_results)
+            self.new_returns.clear()
+            self.eval_results.clear()
         return returns, evals
 
     # ---- thread -------------------------------------------------------------------------------
@@ -179,12 +182,16 @@ class ControlServer(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        next_expiry = time.monotonic() + EXPIRY_CHECK_S
         try:
             while not self._closing.is_set():
                 if self._publish_pending:
                     self._publish()
                 if self._stop_reason is not None:
                     self._broadcast_stop()
+                if time.monotonic() >= next_expiry:
+                    self._expire_actors()
+                    next_expiry = time.monotonic() + EXPIRY_CHECK_S
                 events = dict(poller.poll(100))
                 self.connections.quiet = self._stop_reason is not None  # at the stop, actors are meant to leave
                 self.connections.poll()
@@ -254,106 +261,146 @@ class ControlServer(threading.Thread):
 
     def _reply(self, identity: bytes, frames: list) -> None:
         try:
-            self.router.send_multipart([identity, *frames], copy=False)
-        except zmq.ZMQError as err:
+            self.router.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # gone, or not reading: its queue is full and the reply is dropped
+            self.replies_dropped += 1
             log.debug("reply failed: %s", err)
 
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self._rejected[reason] += 1
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Refused control messages by reason (decode errors as the replay server counts them, and the
+        control plane's own refusals)."""
+        with self._lock:
+            return self._rejected + self.registry.refused
+
     def _handle(self, frames: list) -> None:
+        """One message; whatever goes wrong with it is counted and logged, and the thread goes on."""
         if len(frames) < 2:
-            self.rejected["bad_envelope"] += 1
+            self._count("bad_envelope")
             return
         identity = frames[0].bytes
         try:
-            msg = decode(frames[1:], expect=("hello", "get_weights", "actor_stats", "eval_result"))
+            self._dispatch(identity, frames)
+        except Refused as err:
+            self._count(err.reason)
+            self._warnings.warning(identity, "refused a control message: %s", printable(err, 200))
+        except Exception as err:  # a bug hit by one message must not end the control plane
+            self._count("handler_error")
+            self._warnings.warning(identity, "error handling a control message: %s", printable(err, 200), exc_info=True)
+
+    def _dispatch(self, identity: bytes, frames: list) -> None:
+        try:
+            msg = decode(frames[1:], expect=CONTROL_KINDS)
             if msg.kind == "actor_stats":
                 require_vectors(msg, "episode_returns", "episode_lengths")
             elif msg.kind == "eval_result":
                 require_vectors(msg, "returns", "lengths")
         except DecodeError as err:
-            self.rejected[err.reason] += 1
-            if sum(self.rejected.values()) <= 20:
-                log.warning("rejected a control message: %s", err)
+            self._count(err.reason)
+            self._warnings.warning(identity, "rejected a control message: %s", printable(err, 200))
             if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
                 self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))
             return
+        role = self.roles.authenticated(frames[1])
         if msg.kind == "hello":
-            self._hello(identity, msg)
+            try:
+                self._hello(identity, role, msg)
+            except Refused as err:  # told, so that it does not wait for a welcome
+                self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))
+                raise
         elif msg.kind == "get_weights":
-            with self._lock:
-                weights = self._weights
-            if weights is not None:
-                meta = {"version": weights[0], "run_id": self.run_id}
-                self._reply(identity, self._encode("weights", meta, weights[1]))
-            else:
-                self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
+            self._get_weights(identity)
         elif msg.kind == "actor_stats":
-            self._actor_stats(msg)
+            if self.roles.role_of(identity, role) not in (None, "actor"):  # None: taken on, as after a restart
+                raise Refused("not_actor", "actor_stats from an evaluator")
+            self._actor_stats(identity, msg)
         else:
-            with self._lock:
-                self.eval_results.append((msg.meta["weight_version"], np.array(msg.arrays["returns"])))
+            self._eval_result(identity, role, msg)
 
-    def _hello(self, identity: bytes, msg: Message) -> None:
-        index = msg.meta["actor_index"]
-        if msg.meta["role"] == "actor" and index < 0:
-            index = self._next_index
-            self._next_index += 1
-        log.info(
-            "%s %d joined from %s (pid %s)", msg.meta["role"], index, msg.meta.get("host", "?"), msg.meta.get("pid")
-        )
-        if msg.meta["role"] == "actor":
-            # Known from its hello on, so an actor that hangs before its first report is still noticed;
-            # a restarted actor counts its steps from zero again.
-            process = (msg.meta.get("host", "?"), msg.meta.get("instance", msg.meta.get("pid")))
+    def _hello(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
+        meta = msg.meta
+        role = meta["role"]
+        new = self.roles.declare(identity, role, authenticated)
+        index, epsilon = meta["actor_index"], None
+        if role == "actor":
             with self._lock:
-                before = self.actors.get(index)
-                restarts = before.restarts + (before.process != process) if before else 0
-                self.actors[index] = ActorRecord(index, host=process[0], process=process, restarts=restarts)
+                record, new = self.registry.join(
+                    identity, meta.get("instance", ""), index, time.monotonic(), printable(meta.get("host", "?"))
+                )
+            index, epsilon = record.index, record.epsilon
+        if new:
+            joined = f"{role} {index} joined from {printable(meta.get('host', '?'))} (pid {meta.get('pid')})"
+            log.info(joined + (f", epsilon {epsilon:.4g}" if epsilon is not None else ""))
         config = self.config.to_dict()
         # Key file locations are this machine's business; actors bring their own keys.
         config["net"].update(curve_secret_key="", curve_server_key="", curve_authorized_dir="")
         welcome = {"config": config, "actor_index": index, "run_id": self.run_id}
+        if epsilon is not None:
+            welcome["epsilon"] = epsilon
         self._reply(identity, self._encode("welcome", welcome))
 
-    def _actor_stats(self, msg: Message) -> None:
-        meta = msg.meta
+    def _get_weights(self, identity: bytes) -> None:
         with self._lock:
-            steps = meta["env_steps"]
-            if meta["actor_index"] not in self.actors:
-                # Reporting without a hello to this learner: it kept running across a learner restart,
-                # and its steps so far are in the checkpoint's count already. Count from here on.
-                self.actors[meta["actor_index"]] = ActorRecord(meta["actor_index"], env_steps=steps)
-            record = self.actors[meta["actor_index"]]
-            # A restarted actor counts from zero again: its new total is all new steps.
-            self.env_steps += steps - record.env_steps if steps >= record.env_steps else steps
-            record.env_steps = steps
-            record.transitions_sent = meta["transitions_sent"]
-            record.weight_version = meta["weight_version"]
-            record.epsilon = float(meta.get("epsilon", float("nan")))
-            record.last_seen = time.monotonic()
-            returns = msg.arrays["episode_returns"].tolist()
-            self.new_returns.extend(returns)
-            self.episode_returns.extend(returns)
+            weights = self._weights
+        if weights is None:
+            self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
+            return
+        encode = partial(self._encode, "weights", {"version": weights[0], "run_id": self.run_id}, weights[1])
+        refusal = self._weight_replies.send(self.router, identity, weights[0], encode, time.monotonic())
+        if refusal == "reply_dropped":
+            self.replies_dropped += 1
+        elif refusal is not None:
+            self._count(refusal)
+
+    def _actor_stats(self, identity: bytes, msg: Message) -> None:
+        returns = msg.arrays["episode_returns"]
+        with self._lock:
+            version = self._weights[0] if self._weights is not None else -1
+            self.registry.report(identity, msg.meta, len(returns), version, time.monotonic())
+            values = returns.tolist()  # at most MAX_EPISODES_PER_REPORT: the registry refuses more
+            self.new_returns.extend(values)
+            self.episode_returns.extend(values)
+
+    def _eval_result(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
+        role = self.roles.role_of(identity, authenticated)
+        if role != "evaluator":
+            # A learner restarted since this peer's hello has not heard it: ask for it, now and then.
+            if role is None and self.roles.ask_hello(identity, time.monotonic()):
+                self._reply(identity, self._encode("error", {"reason": "hello_first"}))
+            sender = f"an {role}" if role else "a peer that never said hello"
+            raise Refused("not_evaluator", f"eval_result from {sender}")
+        returns = msg.arrays["returns"]
+        if len(returns) > MAX_EPISODES_PER_REPORT:
+            raise Refused("too_many_episodes", f"{len(returns)} evaluation episodes")
+        with self._lock:
+            self.eval_results.append((msg.meta["weight_version"], np.array(returns)))
+
+    @property
+    def env_steps(self) -> int:
+        """Summed from the actors' accepted increments, restarts included."""
+        return self.registry.env_steps
 
     @property
     def unauthenticated(self) -> int:
         """Clients refused by CURVE (unknown key, plaintext, wrong server key) on both sockets."""
         return self.security.denied if self.security is not None else 0
 
-    def report_silent_actors(self, silent_s: float = SILENT_AFTER_S) -> None:
-        """Log once when an actor stops reporting (dead, hung or cut off) and once when it is back."""
-        now = time.monotonic()
+    def _expire_actors(self) -> None:
         with self._lock:
-            records = list(self.actors.values())
-        for record in records:
-            silent = now - record.last_seen > silent_s
-            if silent and not record.silent:
-                idle = now - record.last_seen
-                log.warning("actor %d silent for %.0f s (dead, hung or unreachable)", record.index, idle)
-            elif record.silent and not silent:
-                log.info("actor %d is reporting again", record.index)
-            record.silent = silent
+            gone = self.registry.expire(time.monotonic())
+        log_expired(gone)
+
+    def report_silent_actors(self, silent_s: float | None = None) -> None:
+        """Log once when an actor stops reporting (dead, hung or cut off) and once when it is back."""
+        with self._lock:
+            changed = self.registry.silence_changes(time.monotonic(), silent_s)
+        log_silence(changed)
 
     def alive_actors(self, within_s: float = 10.0) -> list[ActorRecord]:
         now = time.monotonic()
         with self._lock:
-            return [r for r in self.actors.values() if now - r.last_seen <= within_s]
+            return [r for r in self.registry.records.values() if now - r.last_seen <= within_s]
