@@ -2,7 +2,7 @@
 # Run a whole distdqn cluster on this machine: a replay server, a learner, an evaluator and N actors.
 #
 #   scripts/launch_cluster.sh [--num-actors N] [--preset NAME|FILE] [--run-dir DIR] [--seed S]
-#                             [--port-base P] [--no-eval] [SECTION.KEY=VALUE ...]
+#                             [--port-base P] [--no-eval] [--actor-hosts FILE] [SECTION.KEY=VALUE ...]
 #
 # N defaults to the preset's actor.num_actors. The learner's progress lines stream here; every
 # process's log goes to RUN_DIR/logs/ROLE.log.
@@ -20,6 +20,7 @@ run_dir=""
 seed=""
 port_base=""
 evaluator=1
+actor_hosts=""
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +30,7 @@ while [ $# -gt 0 ]; do
     --seed) [ $# -ge 2 ] || die "--seed needs a value"; seed="$2"; shift 2 ;;
     --port-base) [ $# -ge 2 ] || die "--port-base needs a value"; port_base="$2"; shift 2 ;;
     --no-eval) evaluator=0; shift ;;
+    --actor-hosts) [ $# -ge 2 ] || die "--actor-hosts needs a file"; actor_hosts="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;
@@ -65,6 +67,7 @@ actor_args=(--learner "127.0.0.1:$learner_port")
 
 mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
+[ -n "$actor_hosts" ] && . "$ROOT/scripts/lib/ssh_actors.sh"  # actor blocks on other hosts, over ssh
 
 echo "run directory: $run_dir"
 start replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
