@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,3 +121,24 @@ def test_ssh_blocks_start_log_here_restart_and_stop_with_the_launcher(
         f"{link.server_ip}:{PORT_BASE}"
     )
     assert "Traceback" not in ssh_log.read_text() + cluster.log("launcher")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ("gpu-a 0\n", "ACTORS must be a positive integer, got '0'"),
+        ("gpu-a 2 extra\n", "expected 'HOST [ACTORS]'"),
+        ("-oProxyCommand=x 1\n", "expected 'HOST [ACTORS]'"),
+        ("# nothing\n", "no hosts"),
+    ],
+)
+def test_a_bad_hosts_file_is_one_error_line_and_starts_nothing(tmp_path: Path, hosts: str, message: str) -> None:
+    path = tmp_path / "hosts"
+    path.write_text(hosts)
+    run_dir = tmp_path / "run"
+    argv = [str(LAUNCHER), "--actor-hosts", str(path), "--run-dir", str(run_dir), "net.bind_host=0.0.0.0"]
+    result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not (run_dir / "logs" / "learner.log").exists()
