@@ -125,6 +125,21 @@ def _wait(predicate, timeout_s: float) -> bool:
     return False
 
 
+def _kill_job_processes(conf: Path, daemons: set[int]) -> None:
+    """SIGKILL whatever still runs with this cluster's SLURM_CONF (job processes a failed test left)."""
+    marker = f"SLURM_CONF={conf}".encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid() or int(name) in daemons:
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(name), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def one_node_cluster(directory: Path) -> Iterator[Slurm]:
     """The three daemons, up and the node idle; all stopped (process groups killed) when the block ends."""
@@ -169,6 +184,10 @@ def one_node_cluster(directory: Path) -> Iterator[Slurm]:
             debian.skip("Slurm", f"the one-node Slurm cluster did not come up\n{slurm.logs()}")
         yield slurm
     finally:
+        if daemons:
+            slurm.run("scancel", "--user", "root")  # this cluster's jobs only: SLURM_CONF is ours
+            _wait(lambda: not slurm.run("squeue", "-h").stdout.strip(), 40)
+        _kill_job_processes(conf, {proc.pid for proc in daemons})
         for proc in reversed(daemons):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
