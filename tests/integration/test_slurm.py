@@ -94,8 +94,25 @@ def test_slurm_job_learns_stops_on_scancel_and_resumes(engine: slurm.Slurm, clus
     assert "restored" in (run_dir / "logs" / "replay.log").read_text().lower(), diagnostics()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["solved"] is True, summary
-    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["updates"] > updates
+    updates_solved = int(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["updates"])
+    assert updates_solved > updates
     assert not cluster.leftover_processes(str(run_dir))
+
+    # 4. The time limit's warning (SIGUSR1 to the batch shell, as --signal=B:USR1@90 sends it) stops the
+    # run the same way, with a final checkpoint past the one it resumed from.
+    job = engine.sbatch(f"--output={tmp_path / 'job3.out'}", *common, "stop.eval_return=1000000", env=env)
+    learner_log = run_dir / "logs" / "learner.log"
+    resumed = cluster.wait_until(
+        lambda: learner_log.read_text().count("resumed at update") == 2 and len(_evals(run_dir)) > 2, timeout_s=90
+    )
+    assert resumed, f"the third job did not resume\n{diagnostics()}"
+    time.sleep(3)  # a few more updates, so the final checkpoint must be a new one
+    assert engine.run("scancel", "--batch", "--signal=USR1", str(job)).returncode == 0
+    assert _gone(engine, job, cluster, 60), f"job {job} still queued after SIGUSR1\n{diagnostics()}"
+    assert "SIGUSR1: the time limit is near" in (tmp_path / "job3.out").read_text(), diagnostics()
+    assert cluster.wait_until(lambda: not cluster.leftover_processes(str(run_dir)), timeout_s=15), diagnostics()
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["updates"] > updates_solved
+    assert "second SIGTERM" not in learner_log.read_text(), diagnostics()
 
 
 def _outputs(tmp_path: Path) -> str:
