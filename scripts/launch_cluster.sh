@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --seed) [ $# -ge 2 ] || die "--seed needs a value"; seed="$2"; shift 2 ;;
     --port-base) [ $# -ge 2 ] || die "--port-base needs a value"; port_base="$2"; shift 2 ;;
     --no-eval) evaluator=0; shift ;;
-    --actor-hosts) [ $# -ge 2 ] || die "--actor-hosts needs a file"; actor_hosts="$2"; shift 2 ;;
+    --actor-hosts) [ $# -ge 2 ] || die "--actor-hosts needs a file"; actor_hosts="$(realpath -m -- "$2")"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;

@@ -109,7 +109,10 @@ def remote_script(block: Block, learner: str, run_name: str) -> str:
         # background command's stdin is /dev/null.)
         "exec 3<&0",
         "(cat <&3 >/dev/null; kill -TERM $block 2>/dev/null) & watchdog=$!",
-        f"for _ in $(seq 100); do ls {actor_logs} >/dev/null 2>&1 && break; sleep 0.2; done",
+        # Follow the logs once they exist (the block creates them as it starts each actor), or at once if
+        # the block has already ended.
+        f"for _ in $(seq 100); do ls {actor_logs} >/dev/null 2>&1 && break; kill -0 $block 2>/dev/null || break; "
+        "sleep 0.2; done",
         f"tail -q -n +1 -F {block_log} {actor_logs} 2>/dev/null & follower=$!",
         "wait $block; status=$?",
         "sleep 0.5; kill $follower $watchdog 2>/dev/null",
