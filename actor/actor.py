@@ -139,7 +139,7 @@ class Actor:
         self.nstep = NStepBuilder(
             config.env.num_envs, config.learner.n_step, config.learner.gamma, self.spec.obs_shape, self.spec.obs_dtype
         )
-        replay_host = config.net.public_host or link.learner_host
+        replay_host = config.net.replay_host or config.net.public_host or link.learner_host
         if is_loopback(replay_host) and not is_loopback(link.learner_host):
             replay_host = link.learner_host
         # Its own context, so that closing can wait for exactly this socket's queue to leave (see close).

@@ -238,6 +238,8 @@ class NetConfig:
     """interface the servers listen on; loopback unless actors run on other machines"""
     public_host: str = ""
     """address actors should use for the replay server and weights; empty: the host they reached the learner at"""
+    replay_host: str = ""
+    """address actors should use for the replay server when it runs on another host than the learner"""
     learner_port: int = 5550
     """learner control socket (hello, config, weights on request, statistics)"""
     weights_port: int = 5551

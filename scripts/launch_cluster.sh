@@ -2,7 +2,8 @@
 # Run a whole distdqn cluster on this machine: a replay server, a learner, an evaluator and N actors.
 #
 #   scripts/launch_cluster.sh [--num-actors N] [--servers-only] [--preset NAME|FILE] [--run-dir DIR]
-#                             [--seed S] [--port-base P] [--no-eval] [--monitor] [SECTION.KEY=VALUE ...]
+#                             [--seed S] [--port-base P] [--no-eval] [--monitor] [--actor-hosts FILE]
+#                             [SECTION.KEY=VALUE ...]
 #
 # N (default: the preset's actor.num_actors) is the whole actor population; N actors start here unless
 # --servers-only, which starts replay, learner and evaluator only (actors join from elsewhere, e.g.
@@ -17,7 +18,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 num_actors=""
@@ -28,6 +29,7 @@ port_base=""
 evaluator=1
 local_actors=1
 monitor=0
+actor_hosts=""
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --no-eval) evaluator=0; shift ;;
     --servers-only) local_actors=0; shift ;;
     --monitor) monitor=1; shift ;;
+    --actor-hosts) [ $# -ge 2 ] || die "--actor-hosts needs a file"; actor_hosts="$(realpath -m -- "$2")"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see $0 --help)" ;;
     *=*) overrides+=("$1"); shift ;;
@@ -75,6 +78,7 @@ actor_args=(--learner "127.0.0.1:$learner_port")
 
 mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
 . "$ROOT/scripts/lib/processes.sh"
+[ -n "$actor_hosts" ] && . "$ROOT/scripts/lib/ssh_actors.sh"  # actor blocks on other hosts, over ssh
 
 echo "run directory: $run_dir"
 learner_done() {  # the learner's work is done when it wrote this run's summary (solved or not)
