@@ -68,7 +68,10 @@ common=(--preset "$preset")
 [ -n "$port_base" ] && common+=(--port-base "$port_base")
 [ -n "$num_actors" ] && overrides+=("actor.num_actors=$num_actors")
 
-# Check the config once, here, so a bad value is one line before anything starts.
+# A bad hosts file, then a bad config value, is one line before anything starts.
+if [ -n "$actor_hosts" ]; then
+  "$PY" "$ROOT/scripts/lib/ssh_actors.py" --hosts "$actor_hosts" --count >/dev/null || exit 2
+fi
 resolved="$("$PY" -m common.check_config --print net.learner_port --print actor.num_actors \
   --print net.curve_secret_key --print net.curve_server_key "${common[@]}" "${overrides[@]}")" || exit 2
 { read -r learner_port; read -r num_actors; read -r curve_secret; read -r curve_server; } <<<"$resolved"
