@@ -26,7 +26,15 @@ from common.sockets import check_libzmq, parse_address
 
 
 def _parse() -> argparse.Namespace:
-    parser = _Parser(prog="distdqn-actor", description="Actor: steps environments, sends transitions to replay.")
+    parser = _Parser(
+        prog="distdqn-actor",
+        description="Actor: steps environments, sends transitions to replay.",
+        epilog="examples:\n"
+        "  distdqn-actor --learner 127.0.0.1:5550                  # the learner assigns the index\n"
+        "  distdqn-actor --learner gpu-box:5550 --actor-index 2 \\\n"
+        "      --curve-secret-key keys/host-b.key_secret --curve-server-key keys/server.key\n"
+        "  distdqn-actor --evaluate --learner 127.0.0.1:5550       # greedy evaluation episodes\n",
+    )
     parser.add_argument("--learner", default="127.0.0.1:5550", help="learner control address HOST:PORT")
     parser.add_argument(
         "--actor-index", type=int, default=-1, help="global actor index (sets epsilon); -1: the learner assigns one"

@@ -44,7 +44,12 @@ def check_machine(config: RunConfig) -> None:
 
 
 def _main() -> int:
-    parser = config_parser("distdqn-check-config", "Validate a preset plus overrides.")
+    parser = config_parser(
+        "distdqn-check-config",
+        "Validate a preset plus overrides.",
+        "  python -m common.check_config --preset acrobot learner.lr=1e-3\n"
+        "  python -m common.check_config --print net.learner_port --port-base 6000\n",
+    )
     parser.add_argument(
         "--print", dest="keys", action="append", default=[], help="print a resolved value, e.g. net.learner_port"
     )

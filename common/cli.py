@@ -11,14 +11,19 @@ from common.errors import ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a wrong flag is a ConfigError: one line, exit code 2, no usage dump."""
+    """argparse, but a wrong flag is a ConfigError: one line, exit code 2, no usage dump; the epilog
+    (examples) keeps its lines."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
-def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description)
+def config_parser(prog: str, description: str, examples: str = "") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, epilog=f"examples:\n{examples}" if examples else None)
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="preset name from configs/ or a TOML file")
     parser.add_argument("--seed", type=int, default=None, help="run seed (overrides the preset's)")
     parser.add_argument("--port-base", type=int, default=None, help="use four consecutive ports from this one")

@@ -17,7 +17,12 @@ from common.sockets import check_libzmq
 
 
 def _main() -> int:
-    parser = config_parser("distdqn-learner", "Learner: trains the Q-network and publishes weights.")
+    parser = config_parser(
+        "distdqn-learner",
+        "Learner: trains the Q-network and publishes weights.",
+        "  distdqn-learner --preset cartpole --run-dir runs/demo\n"
+        "  distdqn-learner --resume --run-dir runs/demo          # continue from runs/demo/checkpoints\n",
+    )
     parser.add_argument("--replay-host", default="127.0.0.1", help="host of the replay server's sample port")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints")
     args = parser.parse_args()

@@ -16,7 +16,12 @@ from common.sockets import check_libzmq
 
 
 def _main() -> int:
-    parser = config_parser("distdqn-replay", "Replay server: stores actors' transitions, serves batches.")
+    parser = config_parser(
+        "distdqn-replay",
+        "Replay server: stores actors' transitions, serves batches.",
+        "  distdqn-replay --preset cartpole --run-dir runs/demo\n"
+        "  distdqn-replay --restore --run-dir runs/demo          # start from runs/demo/replay's snapshot\n",
+    )
     parser.add_argument(
         "--restore",
         action="store_true",
