@@ -162,6 +162,8 @@ class Actor:
         self.transitions_dropped = 0
         self.returns: list[float] = []
         self.lengths: list[int] = []
+        self._next_report = float("inf")  # set when run() starts
+        self._last_report = (0, time.monotonic())  # (env steps, time) at the last report
 
     def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
         """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
@@ -180,6 +182,9 @@ class Actor:
                 self.transitions_sent += count
                 return
             self._take_weights()
+            now = time.monotonic()
+            if now >= self._next_report:  # held back by replay, but still alive: say so
+                self._report_due(now)
             if stop.is_set() or self.link.stop_reason is not None:
                 self.transitions_dropped += count
                 log.info("dropped %d unsent transitions at shutdown", count)
@@ -198,6 +203,14 @@ class Actor:
             return True
         log.warning("replay is not reading: stream %s ends without its totals reaching it", self.stream)
         return False
+
+    def _report_due(self, now: float) -> None:
+        """The periodic actor_stats, from the step loop and while waiting to send: the learner takes an
+        actor it has not heard from for a few seconds for dead."""
+        steps, since = self._last_report
+        self._report((self.env_steps - steps) / max(now - since, 1e-9))
+        self._last_report = (self.env_steps, now)
+        self._next_report = now + self.config.actor.stats_interval_s
 
     def _take_weights(self) -> None:
         self.link.newest_weights(self.q.load)  # from shared memory: straight into the network, one copy
@@ -227,8 +240,8 @@ class Actor:
         scores = EpisodeScores(self.config.env, num_envs)  # Atari: whole games' real scores, not lives'
         every_env = np.arange(num_envs)
         outbox = Outbox(ac.send_size)
-        next_report = time.monotonic() + ac.stats_interval_s
-        last_steps, last_time = 0, time.monotonic()
+        self._next_report = time.monotonic() + ac.stats_interval_s
+        self._last_report = (0, time.monotonic())
         log.info("actor %d acting with epsilon %.4g on %d x %s", self.index, self.epsilon, num_envs, self.config.env.id)
         self._take_weights()
         next_weights_check = time.monotonic() + WEIGHTS_POLL_S
@@ -237,10 +250,8 @@ class Actor:
             actions = epsilon_greedy(q, self.epsilon, self.rng)
             next_obs, rewards, terminated, truncated, info = self.env.step(actions)
             now = time.monotonic()  # one clock read a step serves the weight check and the report
-            if now >= next_report:
-                self._report((self.env_steps - last_steps) / (now - last_time))
-                last_steps, last_time = self.env_steps, now
-                next_report = now + ac.stats_interval_s
+            if now >= self._next_report:
+                self._report_due(now)
             if now >= next_weights_check:  # not every step: each check is a few socket calls
                 self._take_weights()
                 next_weights_check = now + WEIGHTS_POLL_S

@@ -214,6 +214,7 @@ class ForeignActor:
 
     def join(self) -> None:
         meta = {"role": "actor", "actor_index": -1, "host": socket.gethostname(), "pid": os.getpid()}
+        meta["instance"] = secrets.token_hex(8)  # the same on every retry: the learner answers it once
         hello = self.wire.encode("hello", meta)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while time.monotonic() < deadline:
