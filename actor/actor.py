@@ -39,6 +39,7 @@ SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
 WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
+MAX_REPORTED_EPISODES = 1024  # the most episodes a learner takes in one actor_stats (docs/protocol.md)
 
 
 def initial_priorities(
@@ -226,12 +227,14 @@ class Actor:
             "epsilon": self.epsilon,
             "steps_per_s": steps_per_s,
         }
+        if len(self.returns) > MAX_REPORTED_EPISODES:  # the newest, as many as one report may carry
+            del self.returns[:-MAX_REPORTED_EPISODES], self.lengths[:-MAX_REPORTED_EPISODES]
         arrays = {
             "episode_returns": np.asarray(self.returns, dtype=np.float32),
             "episode_lengths": np.asarray(self.lengths, dtype=np.int64),
         }
-        self.link.send("actor_stats", meta, arrays)
-        self.returns, self.lengths = [], []
+        if self.link.send("actor_stats", meta, arrays):  # else kept for the next report
+            self.returns, self.lengths = [], []
 
     def run(self, stop: threading.Event) -> None:
         ac = self.config.actor

@@ -323,12 +323,14 @@ class LearnerLink:
         self.version = msg.meta["version"]
         return True
 
-    def send(self, kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Statistics to the learner; dropped (not blocking) if the learner is not reading."""
+    def send(self, kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> bool:
+        """Statistics to the learner; dropped (not blocking) if the learner is not reading. Whether sent."""
         try:
             self.control.send_multipart(self.encode(kind, meta, arrays), zmq.NOBLOCK)
         except zmq.Again:
             log.debug("learner not reading; %s dropped", kind)
+            return False
+        return True
 
     def _recv(self, sock: zmq.Socket, expect: tuple[str, ...], timeout_s: float) -> Message | None:
         if not sock.poll(int(timeout_s * 1000)):

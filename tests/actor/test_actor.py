@@ -155,3 +155,40 @@ def test_outbox_fills_whole_messages_in_arrival_order() -> None:
         "version": np.int64,
         "priority": np.float32,
     }
+
+
+def test_a_dropped_report_keeps_its_episodes_for_the_next_one() -> None:
+    """Reports are sent without blocking; episodes of one that could not leave go with the next, and a
+    report carries at most the newest MAX_REPORTED_EPISODES (the learner refuses more)."""
+    from actor.actor import MAX_REPORTED_EPISODES, Actor
+
+    class Link:
+        version = 3
+
+        def __init__(self) -> None:
+            self.outcomes = [False, True, True]
+            self.sent: list[dict] = []
+
+        def send(self, kind, meta, arrays):
+            ok = self.outcomes.pop(0)
+            if ok:
+                self.sent.append(arrays)
+            return ok
+
+    actor = Actor.__new__(Actor)  # only the reporting state: no env, no sockets
+    actor.link, actor.index, actor.stream, actor.epsilon = Link(), 0, "s", 0.1
+    actor.env_steps = actor.transitions_sent = actor.transitions_dropped = 0
+    actor.returns, actor.lengths = [1.0, 2.0], [10, 20]
+    actor._report(0.0)  # dropped
+    actor.returns.append(3.0)
+    actor.lengths.append(30)
+    actor._report(0.0)
+    assert actor.link.sent[0]["episode_returns"].tolist() == [1.0, 2.0, 3.0]
+    assert actor.link.sent[0]["episode_lengths"].tolist() == [10, 20, 30]
+    assert actor.returns == [] and actor.lengths == []
+    actor.returns = [float(i) for i in range(MAX_REPORTED_EPISODES + 5)]
+    actor.lengths = list(range(MAX_REPORTED_EPISODES + 5))
+    actor._report(0.0)
+    newest = actor.link.sent[1]
+    assert len(newest["episode_returns"]) == MAX_REPORTED_EPISODES == len(newest["episode_lengths"])
+    assert newest["episode_returns"][-1] == MAX_REPORTED_EPISODES + 4
