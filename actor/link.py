@@ -36,6 +36,7 @@ import zmq
 from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
+from common.safe_log import printable
 from common.security import ClientSecurity, secure_client
 from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
 from common.sockets import connect, is_loopback, make_socket
@@ -130,7 +131,11 @@ class LearnerLink:
         raise StartupError("interrupted while joining")
 
     def _welcome(self, msg: Message) -> Welcome:
-        config = RunConfig.from_dict(msg.meta["config"])
+        skipped: list[str] = []
+        config = RunConfig.from_dict(msg.meta["config"], skipped=skipped)
+        if skipped:  # a newer learner: what this actor does not know it cannot use anyway
+            names = printable(", ".join(skipped[:8]), 200)
+            log.warning("the learner's config has settings this actor does not know, ignored: %s", names)
         self.learner_run_id = msg.meta["run_id"]
         epsilon = msg.meta.get("epsilon")
         if epsilon is not None and not (math.isfinite(epsilon) and 0 <= epsilon <= 1):

@@ -398,8 +398,10 @@ class RunConfig:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        return _build(cls, data, "")
+    def from_dict(cls, data: Mapping[str, Any], *, skipped: list[str] | None = None) -> RunConfig:
+        """Strict unless `skipped` is given: then unknown settings (a newer learner's) are left out and
+        named in it, so an actor can still join a run whose config it only partly knows."""
+        return _build(cls, data, "", skipped)
 
 
 def rate_tolerance_needed(samples_per_insert: float, send_size: int, batch_size: int) -> float:
@@ -438,20 +440,23 @@ def _coerce(value: Any, annotation: Any, setting: str) -> Any:
     raise ConfigError(f"{setting}: unsupported type {annotation!r}")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str, skipped: list[str] | None = None) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
-    if unknown:
+    if unknown and skipped is not None:
+        skipped.extend(prefix + name for name in unknown)
+        data = {k: v for k, v in data.items() if k in known}
+    elif unknown:
         where = prefix.rstrip(".") or "top level"
         raise ConfigError(f"unknown setting '{prefix}{unknown[0]}' ({where} knows: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.", skipped)
         else:
             kwargs[name] = _coerce(value, annotation, f"{prefix}{name}")
     try:

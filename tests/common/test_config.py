@@ -374,3 +374,18 @@ def test_check_config_accepts_a_good_config() -> None:
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_welcome_config_with_unknown_settings_is_taken_without_them() -> None:
+    """User files stay strict; an actor joining a newer learner skips the settings it does not know."""
+    from common.config import RunConfig, load_config
+
+    data = load_config("cartpole", []).to_dict()
+    data["learner"]["future_knob"] = 3
+    data["telemetry"] = {"on": True}
+    with pytest.raises(ConfigError, match="unknown setting"):
+        RunConfig.from_dict(data)
+    skipped: list[str] = []
+    config = RunConfig.from_dict(data, skipped=skipped)
+    assert sorted(skipped) == ["learner.future_knob", "telemetry"]
+    assert config == load_config("cartpole", [])
