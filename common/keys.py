@@ -16,7 +16,13 @@ from common.security import generate_keypair
 
 
 def _main() -> int:
-    parser = _Parser(prog="distdqn-keygen", description="Create a CurveZMQ key pair (NAME.key, NAME.key_secret).")
+    parser = _Parser(
+        prog="distdqn-keygen",
+        description="Create a CurveZMQ key pair (NAME.key, NAME.key_secret).",
+        epilog="examples:\n"
+        "  distdqn-keygen server --dir keys              # the servers' pair, on the learner's machine\n"
+        "  distdqn-keygen actor-host-b --dir keys        # an actor host's pair; copy only its .key\n",
+    )
     parser.add_argument("name", help="base file name, e.g. 'server' or 'actor-gpu3'")
     parser.add_argument("--dir", type=Path, default=Path("keys"), help="directory for the two files (default: keys)")
     parser.add_argument("--force", action="store_true", help="replace existing files of that name")

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY_POINTS = ["actor", "learner", "replay", "common.check_config", "tools.monitor", "tools.plot", "tools.evaluate"]
+ENTRY_POINTS = [
+    "actor",
+    "learner",
+    "replay",
+    "common.check_config",
+    "common.keys",
+    "tools.monitor",
+    "tools.plot",
+    "tools.evaluate",
+]
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
