@@ -83,9 +83,6 @@ class LearnerLink:
         self._next_control_check = 0.0
         self.connections = ConnectionMonitor(log)
         self.control = make_socket(ctx, zmq.DEALER, hwm=1024, max_message_bytes=64 << 20)
-        # Nothing queued for a learner not reached yet: otherwise every hello retried while it is down
-        # arrives at once when it comes up (docs/protocol.md, socket options).
-        self.control.setsockopt(zmq.IMMEDIATE, 1)
         secure_client(self.control, curve)
         self.connections.watch(self.control, "learner control")
         connect(self.control, learner_host, learner_port)

@@ -427,6 +427,10 @@ def test_the_reference_link_sets_the_documented_options(link: Any) -> None:
     assert sub.getsockopt(zmq.HEARTBEAT_IVL) == 0 and sub.getsockopt(zmq.TCP_KEEPALIVE) == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="actor/link.py does not set ZMQ_IMMEDIATE: with it, reports stopped after a heartbeat-dropped reconnect",
+)
 def test_the_reference_control_socket_is_immediate(link: Any) -> None:
     import zmq
 
