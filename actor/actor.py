@@ -183,9 +183,6 @@ class Actor:
                 self.transitions_sent += count
                 return
             self._take_weights()
-            now = time.monotonic()
-            if now >= self._next_report:  # held back by replay, but still alive: say so
-                self._report_due(now)
             if stop.is_set() or self.link.stop_reason is not None:
                 self.transitions_dropped += count
                 log.info("dropped %d unsent transitions at shutdown", count)
@@ -206,8 +203,8 @@ class Actor:
         return False
 
     def _report_due(self, now: float) -> None:
-        """The periodic actor_stats, from the step loop and while waiting to send: the learner takes an
-        actor it has not heard from for a few seconds for dead."""
+        """The periodic actor_stats: the learner takes an actor it has not heard from for a few seconds
+        for dead."""
         steps, since = self._last_report
         self._report((self.env_steps - steps) / max(now - since, 1e-9))
         self._last_report = (self.env_steps, now)

@@ -38,10 +38,11 @@ class StatsLink:
     def newest_weights(self, load=None):
         return None
 
-    def send(self, kind: str, meta: dict, arrays: dict) -> None:
+    def send(self, kind: str, meta: dict, arrays: dict) -> bool:
         if kind == "actor_stats":
             self.returns.extend(arrays["episode_returns"].tolist())
             self.lengths.extend(arrays["episode_lengths"].tolist())
+        return True  # sent: the actor starts its next report afresh
 
 
 class NullPush:
