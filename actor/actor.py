@@ -22,16 +22,18 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from actor.exploration import apex_epsilon, epsilon_greedy
+from actor.exploration import epsilon_greedy
 from actor.link import LearnerLink
 from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
 from common.envs import EpisodeScores, env_spec, make_vector_env
+from common.epsilon_ladder import apex_epsilon
 from common.frame_dedup import dedup_stacks
 from common.policy_network import policy_network
 from common.process import derive_seed
 from common.security import secure_client
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket, send_frames
+from common.wire import MAX_EPISODES_PER_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
 WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
-MAX_REPORTED_EPISODES = 1024  # the most episodes a learner takes in one actor_stats (docs/protocol.md)
 
 
 def initial_priorities(
@@ -224,8 +225,8 @@ class Actor:
             "epsilon": self.epsilon,
             "steps_per_s": steps_per_s,
         }
-        if len(self.returns) > MAX_REPORTED_EPISODES:  # the newest, as many as one report may carry
-            del self.returns[:-MAX_REPORTED_EPISODES], self.lengths[:-MAX_REPORTED_EPISODES]
+        if len(self.returns) > MAX_EPISODES_PER_REPORT:  # the newest, as many as one report may carry
+            del self.returns[:-MAX_EPISODES_PER_REPORT], self.lengths[:-MAX_EPISODES_PER_REPORT]
         arrays = {
             "episode_returns": np.asarray(self.returns, dtype=np.float32),
             "episode_lengths": np.asarray(self.lengths, dtype=np.int64),

@@ -1,46 +1,12 @@
-"""Exploration for Ape-X actors.
+"""Epsilon-greedy action choice for Ape-X actors.
 
-Ape-X gives every actor its own fixed epsilon instead of annealing one
-schedule: a spread of exploration rates across the population produces
-diverse experience for the shared replay buffer without any coordination.
+Ape-X gives every actor its own fixed epsilon instead of annealing one schedule (the ladder is
+`common.epsilon_ladder`, which the learner uses too); this module spends it on the actions.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def apex_epsilon(index: int, population: int, base: float = 0.4, alpha: float = 7.0) -> float:
-    """Return the fixed epsilon of actor ``index`` out of ``population`` actors.
-
-    Uses the Ape-X schedule ``base ** (1 + alpha * i / (N - 1))``, so actor 0
-    explores the most (``base``) and actor N-1 the least (``base ** (1 + alpha)``).
-
-    ``i`` is ``index mod N``: actors launched on other hosts may carry a
-    global index larger than the local population, and wrapping keeps them on
-    the same geometric ladder instead of failing or extrapolating to an
-    epsilon that is effectively zero. With a single actor there is no ladder,
-    so it simply gets ``base``. The learner hands out the free indices in
-    [0, N) first, and sends the result of this function in its welcome
-    (``learner.actors``), so that actors written elsewhere need not compute it.
-
-    Raises:
-        ValueError: if ``population < 1``, ``index < 0``, ``base`` is outside
-            (0, 1], or ``alpha < 0`` (which would push epsilon above ``base``
-            and possibly above 1).
-    """
-    if population < 1:
-        raise ValueError(f"population must be >= 1, got {population}")
-    if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
-    if not 0.0 < base <= 1.0:
-        raise ValueError(f"base must be in (0, 1], got {base}")
-    if not alpha >= 0.0:  # also rejects NaN
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if population == 1:
-        return float(base)
-    i = index % population
-    return float(base ** (1.0 + alpha * i / (population - 1)))
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -28,6 +28,9 @@ ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float
 MAX_ARRAYS = 256
 MAX_RANK = 8
 MAX_HEADER_BYTES = 1 << 20
+# The most episodes one actor_stats (or eval_result) may carry; the learner refuses a report with more,
+# so actors send the newest this many (docs/protocol.md).
+MAX_EPISODES_PER_REPORT = 1024
 _LITTLE_ENDIAN = np.little_endian
 # name -> (little-endian dtype, is floating point), built once: np.dtype() per array is slow at this scale
 _WIRE_DTYPES = {name: (np.dtype(name).newbyteorder("<"), np.dtype(name).kind == "f") for name in ALLOWED_DTYPES}

@@ -21,7 +21,7 @@ Every count here comes from peers, so none of it is believed as sent:
 Indices and exploration: an actor that sends index -1 gets the lowest index no record holds, so the
 population's `N = actor.num_actors` indices [0, N) are filled first and re-used once their holders are
 gone for good. Beyond N the lowest free index >= N is given, and every index explores with the epsilon
-of `index mod N` (`actor.exploration.apex_epsilon`): a grown population repeats the Ape-X ladder from
+of `index mod N` (`common.epsilon_ladder.apex_epsilon`): a grown population repeats the Ape-X ladder from
 its most exploring rung (0.4 with the defaults), never extrapolating it to greedy. With N = 1 every
 actor gets the base epsilon. The learner sends the epsilon it chose in `welcome.epsilon`.
 """
@@ -35,8 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from actor.exploration import apex_epsilon
 from common.config import RunConfig
+from common.epsilon_ladder import apex_epsilon
+from common.wire import MAX_EPISODES_PER_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ EXPIRE_AFTER_S = 60.0
 MIN_RECORDS = 64
 MAX_ACTOR_INDEX = 1 << 20
 MAX_INSTANCE_CHARS = 64
-MAX_EPISODES_PER_REPORT = 1024  # actors report every second or so: a few dozen episodes at most
 MAX_ACTOR_LINES = 5  # per check: a crowd going silent at once is one line more, not a line each
 
 
@@ -107,9 +107,7 @@ class ActorRegistry:
         return index
 
     # ---- hello -----------------------------------------------------------------------------------
-    def join(
-        self, peer: bytes, instance: str, requested: int, now: float, host: str = "?"
-    ) -> tuple[ActorRecord, bool]:
+    def join(self, peer: bytes, instance: str, requested: int, now: float, host: str = "?") -> tuple[ActorRecord, bool]:
         """The record for this hello, and whether it is new. Raises Refused."""
         if requested < -1 or requested >= MAX_ACTOR_INDEX:
             raise self._refuse("bad_index", f"actor_index {requested} outside [-1, {MAX_ACTOR_INDEX})")

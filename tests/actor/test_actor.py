@@ -159,8 +159,9 @@ def test_outbox_fills_whole_messages_in_arrival_order() -> None:
 
 def test_a_dropped_report_keeps_its_episodes_for_the_next_one() -> None:
     """Reports are sent without blocking; episodes of one that could not leave go with the next, and a
-    report carries at most the newest MAX_REPORTED_EPISODES (the learner refuses more)."""
-    from actor.actor import MAX_REPORTED_EPISODES, Actor
+    report carries at most the newest MAX_EPISODES_PER_REPORT (the learner refuses more)."""
+    from actor.actor import Actor
+    from common.wire import MAX_EPISODES_PER_REPORT
 
     class Link:
         version = 3
@@ -186,9 +187,9 @@ def test_a_dropped_report_keeps_its_episodes_for_the_next_one() -> None:
     assert actor.link.sent[0]["episode_returns"].tolist() == [1.0, 2.0, 3.0]
     assert actor.link.sent[0]["episode_lengths"].tolist() == [10, 20, 30]
     assert actor.returns == [] and actor.lengths == []
-    actor.returns = [float(i) for i in range(MAX_REPORTED_EPISODES + 5)]
-    actor.lengths = list(range(MAX_REPORTED_EPISODES + 5))
+    actor.returns = [float(i) for i in range(MAX_EPISODES_PER_REPORT + 5)]
+    actor.lengths = list(range(MAX_EPISODES_PER_REPORT + 5))
     actor._report(0.0)
     newest = actor.link.sent[1]
-    assert len(newest["episode_returns"]) == MAX_REPORTED_EPISODES == len(newest["episode_lengths"])
-    assert newest["episode_returns"][-1] == MAX_REPORTED_EPISODES + 4
+    assert len(newest["episode_returns"]) == MAX_EPISODES_PER_REPORT == len(newest["episode_lengths"])
+    assert newest["episode_returns"][-1] == MAX_EPISODES_PER_REPORT + 4

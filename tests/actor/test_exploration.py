@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actor.exploration import apex_epsilon, epsilon_greedy
+from actor.exploration import epsilon_greedy
+from common.epsilon_ladder import apex_epsilon
 
 
 def test_apex_epsilon_endpoints_for_eight_actors() -> None:

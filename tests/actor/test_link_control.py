@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zmq
 
-from actor.exploration import apex_epsilon
 from actor.link import LearnerLink
 from common.config import load_config
+from common.epsilon_ladder import apex_epsilon
 from common.sockets import free_port_base
 from learner.control import ControlServer
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zmq
 
-from actor.exploration import apex_epsilon
 from common.config import load_config
+from common.epsilon_ladder import apex_epsilon
 from common.sockets import free_port_base
 from common.wire import Encoder, decode, encode
 from learner.control import ControlServer

@@ -1,0 +1,40 @@
+"""The Ape-X exploration ladder: each actor's fixed epsilon, from its index in the population.
+
+Both roles need it: the learner chooses each joining actor's epsilon (and sends it in `welcome`),
+and an actor of a learner that sends none falls back on it.
+"""
+
+from __future__ import annotations
+
+
+def apex_epsilon(index: int, population: int, base: float = 0.4, alpha: float = 7.0) -> float:
+    """Return the fixed epsilon of actor ``index`` out of ``population`` actors.
+
+    Uses the Ape-X schedule ``base ** (1 + alpha * i / (N - 1))``, so actor 0
+    explores the most (``base``) and actor N-1 the least (``base ** (1 + alpha)``).
+
+    ``i`` is ``index mod N``: actors launched on other hosts may carry a
+    global index larger than the local population, and wrapping keeps them on
+    the same geometric ladder instead of failing or extrapolating to an
+    epsilon that is effectively zero. With a single actor there is no ladder,
+    so it simply gets ``base``. The learner hands out the free indices in
+    [0, N) first, and sends the result of this function in its welcome
+    (``learner.actors``), so that actors written elsewhere need not compute it.
+
+    Raises:
+        ValueError: if ``population < 1``, ``index < 0``, ``base`` is outside
+            (0, 1], or ``alpha < 0`` (which would push epsilon above ``base``
+            and possibly above 1).
+    """
+    if population < 1:
+        raise ValueError(f"population must be >= 1, got {population}")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    if not 0.0 < base <= 1.0:
+        raise ValueError(f"base must be in (0, 1], got {base}")
+    if not alpha >= 0.0:  # also rejects NaN
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if population == 1:
+        return float(base)
+    i = index % population
+    return float(base ** (1.0 + alpha * i / (population - 1)))
