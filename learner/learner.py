@@ -31,7 +31,9 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.control import ControlServer
 from learner.losses import nstep_targets, td_loss
 from learner.nonfinite import NonFiniteGuard, finite_arrays
+from learner.progress import ProgressReporter
 from learner.replay_client import Batch, ReplayClient
+from learner.stop_rules import StopRules
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class Learner:
         self.version = 0
         self.env_steps_offset = 0  # env steps counted before a resume
         self.guard = NonFiniteGuard()
-        self._train_returns: list[float] = []
+        self._wait_since: float | None = None  # since when the loop has had no batch, for the starvation warning
+        self._next_health_check = self._last_checkpoint = time.monotonic()
         self.checkpoint_dir = run_dir / "checkpoints"
         self.actors_report = ActorsReport(run_dir / "actors.json")
         self.exporter = start_exporter(config.net, "learner")  # a no-op unless net.metrics_port is set
@@ -219,186 +222,142 @@ class Learner:
         self.control.set_weights(self.version, arrays, live=cpu)
 
     # ---- the loop ------------------------------------------------------------------------------
-    def run(self, stop_event) -> Outcome:  # noqa: C901 - one loop, grouped by concern
-        config, lc, sc = self.config, self.config.learner, self.config.stop
-        runlog = RunLog(self.run_dir)
+    def run(self, stop_event) -> Outcome:
+        """Train until a stop rule or `stop_event` ends the run; then stop everyone, checkpoint, summarize."""
+        rules = StopRules(self.config.stop)
+        progress = ProgressReporter(RunLog(self.run_dir), self.exporter, self.config.log_interval_s)
         self.control.start()
         self.replay.start()
         self.publish()
-        start = last_row = time.monotonic()
-        last_checkpoint = next_health_check = start
-        row_updates, row_steps = self.updates, self.env_steps
-        losses: list[torch.Tensor] = []  # read back once a row: each read would wait for the GPU
-        qs: list[torch.Tensor] = []
-        waited = 0.0
-        wait_since: float | None = None
-        consecutive = 0
-        best_eval = -math.inf
-        outcome: Outcome | None = None
+        progress.begin(self.updates, self.env_steps)
+        self._next_health_check = self._last_checkpoint = progress.start
         log.info(
             "learning on %s: control %s, weights %s, replay %s:%d",
             self.device,
             self.control.control_address,
             self.control.weights_address,
             self.replay.host,
-            config.net.sample_port,
+            self.config.net.sample_port,
         )
+        outcome: Outcome | None = None
         try:
             while outcome is None:
-                if stop_event.is_set():
-                    outcome = self._outcome(False, "interrupted", start)
-                    break
-                t_wait = time.monotonic()
-                batch = self.replay.get_batch(timeout=0.05)
-                now = time.monotonic()
-                if batch is None:
-                    waited += now - t_wait
-                    wait_since = wait_since or t_wait
-                    if now - wait_since > WAIT_WARNING_S:
-                        stats = self.replay.stats
-                        log.warning(
-                            "waiting %.0f s for data from replay (size %s, min_size %d%s)",
-                            now - wait_since,
-                            stats.get("size", "unknown: no answer"),
-                            config.replay.min_size,
-                            f", waiting for {stats['waiting']}" if stats.get("waiting") else "",
-                        )
-                        wait_since = now
-                else:
-                    waited += now - t_wait
-                    wait_since = None
-                    loss, q = self.train_step(batch)
-                    losses.append(loss)
-                    qs.append(q)
-
-                returns, evals = self.control.take_statistics()
-                for version, eval_returns in evals:
-                    mean = float(eval_returns.mean())
-                    best_eval = max(best_eval, mean)
-                    consecutive = consecutive + 1 if mean >= sc.eval_return else 0
-                    runlog.write(
-                        {
-                            "wall_time": now - start,
-                            "env_steps": self.env_steps,
-                            "learner_updates": self.updates,
-                            "eval_return_mean": mean,
-                            "eval_return_std": float(eval_returns.std()),
-                            "eval_episodes": len(eval_returns),
-                            "eval_weight_version": version,
-                        }
-                    )
-                    self.exporter.update({"eval_return_mean": mean, "eval_weight_version": version})
-                    print(
-                        f"eval  t={now - start:6.1f}s steps={self.env_steps:>8d} return {mean:7.1f} "
-                        f"(weights v{version}, {consecutive}/{sc.eval_consecutive} in a row >= {sc.eval_return:g})",
-                        flush=True,
-                    )
-                    if consecutive >= sc.eval_consecutive:
-                        outcome = self._outcome(True, "solved", start)
-                self._train_returns.extend(returns)
-
-                if now >= next_health_check:
-                    self.control.report_silent_actors()
-                    next_health_check = now + 1.0
-                    counters = {"wall_time": now - start, "env_steps": self.env_steps, "learner_updates": self.updates}
-                    self.exporter.update({**counters, "weight_version": self.version})
-                if now - last_row >= config.log_interval_s:
-                    self._write_row(runlog, now - start, now - last_row, row_updates, row_steps, losses, qs, waited)
-                    row_updates, row_steps, last_row = self.updates, self.env_steps, now
-                    losses, qs, waited = [], [], 0.0
-                if now - last_checkpoint >= lc.checkpoint_interval_s:
-                    self.checkpoint()
-                    last_checkpoint = now
-                if outcome is None:
-                    if self.env_steps >= sc.max_env_steps:
-                        outcome = self._outcome(False, f"env-step budget {sc.max_env_steps} reached", start)
-                    elif self.updates >= sc.max_updates:
-                        outcome = self._outcome(False, f"update budget {sc.max_updates} reached", start)
-                    elif now - start >= sc.max_wall_s:
-                        outcome = self._outcome(False, f"time budget {sc.max_wall_s:g}s reached", start)
+                outcome = self._iterate(stop_event, rules, progress)
         finally:
             reason = outcome.reason if outcome else "error"
-            if outcome is not None and self.updates > row_updates:
+            if outcome is not None and progress.trained_since_row(self.updates):
                 # The last, partial interval: a run shorter than log_interval_s still leaves a training row.
-                end = time.monotonic()
-                self._write_row(runlog, end - start, end - last_row, row_updates, row_steps, losses, qs, waited)
+                self._report_row(progress, time.monotonic())
             self.control.request_stop(reason)
             time.sleep(STOP_BROADCAST_S)
             self.replay.close()
             self.control.close()
             self.checkpoint()
-            runlog.close()
+            progress.runlog.close()
             self.exporter.close()
             self.ctx.destroy(linger=0)
-        assert outcome is not None
         outcome.env_steps = self.env_steps
-        self._write_summary(outcome, best_eval)
+        self._write_summary(outcome, rules.best)
         return outcome
+
+    def _iterate(self, stop_event, rules: StopRules, progress: ProgressReporter) -> Outcome | None:
+        """One pass of the loop: a batch (or a short wait for one), statistics, periodic work, stop rules."""
+        if stop_event.is_set():
+            return self._outcome(False, "interrupted", progress.start)
+        t_wait = time.monotonic()
+        batch = self.replay.get_batch(timeout=0.05)
+        now = time.monotonic()
+        progress.waited(now - t_wait)
+        if batch is None:
+            self._warn_if_starved(t_wait, now)
+        else:
+            self._wait_since = None
+            progress.trained(*self.train_step(batch))
+        outcome = None
+        returns, evals = self.control.take_statistics()
+        progress.episodes(returns)
+        for version, eval_returns in evals:
+            solved = rules.evaluated(float(eval_returns.mean()))
+            sc = self.config.stop
+            verdict = f"{rules.in_a_row}/{sc.eval_consecutive} in a row >= {sc.eval_return:g}"
+            progress.evaluation(now, self._counters(), eval_returns, version, verdict)
+            if solved:
+                outcome = self._outcome(True, "solved", progress.start)
+        self._periodic(now, progress)
+        if outcome is None:
+            reason = rules.budget_spent(self.env_steps, self.updates, progress.elapsed(now))
+            if reason is not None:
+                outcome = self._outcome(False, reason, progress.start)
+        return outcome
+
+    def _warn_if_starved(self, t_wait: float, now: float) -> None:
+        self._wait_since = self._wait_since or t_wait
+        if now - self._wait_since > WAIT_WARNING_S:
+            stats = self.replay.stats
+            log.warning(
+                "waiting %.0f s for data from replay (size %s, min_size %d%s)",
+                now - self._wait_since,
+                stats.get("size", "unknown: no answer"),
+                self.config.replay.min_size,
+                f", waiting for {stats['waiting']}" if stats.get("waiting") else "",
+            )
+            self._wait_since = now
+
+    def _periodic(self, now: float, progress: ProgressReporter) -> None:
+        """Health checks and the endpoint's counters each second, a row each log interval, checkpoints."""
+        if now >= self._next_health_check:
+            self.control.report_silent_actors()
+            self._next_health_check = now + 1.0
+            counters = {"wall_time": progress.elapsed(now), **self._counters(), "weight_version": self.version}
+            self.exporter.update(counters)
+        if progress.row_due(now):
+            self._report_row(progress, now)
+        if now - self._last_checkpoint >= self.config.learner.checkpoint_interval_s:
+            self.checkpoint()
+            self._last_checkpoint = now
 
     def _outcome(self, solved: bool, reason: str, start: float) -> Outcome:
         return Outcome(solved, reason, time.monotonic() - start, self.env_steps, self.updates)
 
-    def _write_row(
-        self,
-        runlog: RunLog,
-        wall: float,
-        span: float,
-        row_updates: int,
-        row_steps: int,
-        losses: list[torch.Tensor],
-        qs: list[torch.Tensor],
-        waited: float,
-    ) -> None:
+    def _counters(self) -> dict[str, int]:
+        return {"env_steps": self.env_steps, "learner_updates": self.updates}
+
+    def _report_row(self, progress: ProgressReporter, now: float) -> None:
+        """What the learner knows for one progress row; the reporter adds the window's rates and writes it."""
         stats = self.replay.stats
-        returns, self._train_returns = self._train_returns, []
         alive = self.control.alive_actors()
         lags = [self.version - a.weight_version for a in alive if a.weight_version >= 0]
-        row = {
-            "wall_time": wall,
-            "env_steps": self.env_steps,
-            "learner_updates": self.updates,
-            "env_steps_per_s": (self.env_steps - row_steps) / span,
-            "updates_per_s": (self.updates - row_updates) / span,
-            "loss": float(torch.stack(losses).mean()) if losses else None,
-            "q_mean": float(torch.stack(qs).mean()) if qs else None,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "updates_skipped_nonfinite": self.guard.collect(),
-            "weights_refused_nonfinite": self.guard.publications_refused,
-            "replay_size": stats.get("size"),
-            "replay_insert_per_s": stats.get("insert_rate"),
-            "replay_sample_per_s": stats.get("sample_rate"),
-            "samples_per_insert": stats.get("samples_per_insert"),
-            "replay_rejected": sum(stats.get("rejected", {}).values()) if stats else None,
-            "replay_dropped": stats.get("dropped"),
-            "replay_lost": stats.get("lost"),
-            "learner_wait_fraction": min(waited / span, 1.0),
-            "train_return_mean": float(np.mean(returns)) if returns else None,
-            "train_episodes": len(returns),
-            "weight_version": self.version,
-            "actors_alive": len(alive),
-            "actor_version_lag": float(np.mean(lags)) if lags else None,
-            "messages_rejected": sum(self.control.rejected.values()),
-            "learner_unauthenticated": self.control.unauthenticated,
-        }
-        runlog.write(row)
-        self.exporter.update(row)
-        self.actors_report.write(self.control.alive_actors(within_s=math.inf), self.version)
-        train = f"{row['train_return_mean']:7.1f}" if returns else "      -"
-        print(
-            f"train t={wall:6.1f}s steps={self.env_steps:>8d} ({row['env_steps_per_s']:6.0f}/s) "
-            f"updates={self.updates:>7d} ({row['updates_per_s']:5.0f}/s) replay={stats.get('size', 0):>7} "
-            f"return {train} loss {row['loss'] or 0:.3f} actors {len(alive)}",
-            flush=True,
+        progress.row(
+            now,
+            {
+                **self._counters(),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "updates_skipped_nonfinite": self.guard.collect(),
+                "weights_refused_nonfinite": self.guard.publications_refused,
+                "replay_size": stats.get("size"),
+                "replay_insert_per_s": stats.get("insert_rate"),
+                "replay_sample_per_s": stats.get("sample_rate"),
+                "samples_per_insert": stats.get("samples_per_insert"),
+                "replay_rejected": sum(stats.get("rejected", {}).values()) if stats else None,
+                "replay_dropped": stats.get("dropped"),
+                "replay_lost": stats.get("lost"),
+                "weight_version": self.version,
+                "actors_alive": len(alive),
+                "actor_version_lag": float(np.mean(lags)) if lags else None,
+                "messages_rejected": sum(self.control.rejected.values()),
+                "learner_unauthenticated": self.control.unauthenticated,
+            },
         )
+        self.actors_report.write(self.control.alive_actors(within_s=math.inf), self.version)
 
-    def _write_summary(self, outcome: Outcome, best_eval: float) -> None:
+    def _write_summary(self, outcome: Outcome, best_eval: float | None) -> None:
         summary = {
             "solved": outcome.solved,
             "reason": outcome.reason,
             "wall_s": round(outcome.wall_s, 2),
             "env_steps": outcome.env_steps,
             "learner_updates": outcome.updates,
-            "best_eval_return": best_eval if math.isfinite(best_eval) else None,
+            "best_eval_return": best_eval,
             "run_dir": str(self.run_dir),
             "checkpoint": str(self.checkpoint_dir / "latest.pt"),
         }

@@ -17,6 +17,7 @@ from common.runlog import RunLog, read_metrics
 from common.sockets import free_port_base
 from learner.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from learner.learner import Learner
+from learner.progress import ProgressReporter
 from learner.replay_client import Batch
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
@@ -80,9 +81,10 @@ def test_a_poisoned_batch_skips_its_step_and_is_counted(learner: Learner, caplog
     assert any(not torch.equal(after[k], v) for k, v in learner.online.state_dict().items())
     assert all(bool(torch.isfinite(v).all()) for v in learner.online.state_dict().values())
 
-    runlog = RunLog(tmp_path / "metrics")
-    learner._write_row(runlog, 1.0, 1.0, 0, 0, [loss], [_q], 0.0)
-    runlog.close()
+    progress = ProgressReporter(RunLog(tmp_path / "metrics"), learner.exporter, interval_s=1.0)
+    progress.trained(loss, _q)
+    learner._report_row(progress, progress.start + 1.0)
+    progress.runlog.close()
     row = read_metrics(tmp_path / "metrics" / "metrics.jsonl")[-1]
     assert row["updates_skipped_nonfinite"] == 1 and row["weights_refused_nonfinite"] == 0
 
