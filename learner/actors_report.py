@@ -48,6 +48,7 @@ class ActorsReport:
             "epsilon": record.epsilon if math.isfinite(record.epsilon) else None,
             "env_steps": record.env_steps,
             "env_steps_per_s": round(rate, 1) if rate is not None else None,
+            "transitions_sent": record.transitions_sent,
             "weight_version": record.weight_version,
             "version_lag": weight_version - record.weight_version if record.weight_version >= 0 else None,
             "restarts": record.restarts,

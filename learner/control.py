@@ -78,7 +78,6 @@ class ControlServer(threading.Thread):
         self.roles = PeerRoles()
         self._weight_replies = WeightReplies()
         self._warnings = PeerWarnings(log)
-        self.episode_returns: deque[float] = deque(maxlen=100)
         self.new_returns: deque[float] = deque(maxlen=MAX_PENDING_RESULTS)
         self.eval_results: deque[tuple[int, np.ndarray]] = deque(maxlen=100)
         self._rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
@@ -361,9 +360,7 @@ class ControlServer(threading.Thread):
         with self._lock:
             version = self._weights[0] if self._weights is not None else -1
             self.registry.report(identity, msg.meta, len(returns), version, time.monotonic())
-            values = returns.tolist()  # at most MAX_EPISODES_PER_REPORT: the registry refuses more
-            self.new_returns.extend(values)
-            self.episode_returns.extend(values)
+            self.new_returns.extend(returns.tolist())  # at most MAX_EPISODES_PER_REPORT: the registry refuses more
 
     def _eval_result(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
         role = self.roles.role_of(identity, authenticated)
