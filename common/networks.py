@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from common.config import NetworkConfig
-from common.policy_network import MINATAR_CONV_CHANNELS, MINATAR_KERNEL, check_weights
+from common.network_shapes import MINATAR_CONV_CHANNELS, MINATAR_KERNEL, check_weights
 
 
 class MLPTorso(nn.Module):
@@ -129,3 +129,19 @@ def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> No
                 np.copyto(tensor.numpy(), arrays[name], casting="same_kind")
             else:
                 tensor.copy_(torch.from_numpy(np.asarray(arrays[name])))
+
+
+class TorchQNetwork:
+    """A QNetwork evaluated with torch (one thread), for torsos numpy would run slowly (convolutions)."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, config: NetworkConfig, *, seed: int = 0) -> None:
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        self.net = QNetwork(obs_shape, num_actions, config).eval()
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        load_numpy_weights(self.net, arrays)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(torch.from_numpy(np.asarray(obs))).numpy()

@@ -20,10 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from common.config import NetworkConfig
-
-# MinAtar's reference torso (common/networks.py's MinAtarTorso), shared so both networks stay one shape.
-MINATAR_CONV_CHANNELS = 16
-MINATAR_KERNEL = 3
+from common.network_shapes import MINATAR_CONV_CHANNELS, MINATAR_KERNEL, check_weights
 
 
 class PolicyNetwork(Protocol):
@@ -41,17 +38,9 @@ def policy_network(
         return NumpyMLPQNetwork(int(np.prod(obs_shape)), config.hidden, num_actions, dueling=config.dueling)
     if config.torso == "minatar_cnn":
         return NumpyMinAtarQNetwork(obs_shape, config.hidden[-1], num_actions, dueling=config.dueling)
+    from common.networks import TorchQNetwork  # torch only where a torso needs it
+
     return TorchQNetwork(obs_shape, num_actions, config, seed=seed)
-
-
-def check_weights(expected: Mapping[str, tuple[int, ...]], arrays: Mapping[str, np.ndarray]) -> None:
-    """Raise ValueError unless `arrays` has exactly the names of `expected`, each with its shape."""
-    if set(arrays) != set(expected):
-        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-        raise ValueError(f"weights do not fit this network: missing {missing[:3]}, unexpected {extra[:3]}")
-    for name, shape in expected.items():
-        if tuple(arrays[name].shape) != tuple(shape):
-            raise ValueError(f"weights do not fit this network: {name} {arrays[name].shape} vs {tuple(shape)}")
 
 
 def head_shapes(width: int, num_actions: int, dueling: bool) -> dict[str, tuple[int, ...]]:
@@ -190,26 +179,3 @@ class NumpyMinAtarQNetwork:
         q = h @ self._head
         q += self._head_bias
         return q
-
-
-class TorchQNetwork:
-    """A QNetwork evaluated with torch (one thread), for torsos numpy would run slowly (convolutions)."""
-
-    def __init__(self, obs_shape: Sequence[int], num_actions: int, config: NetworkConfig, *, seed: int = 0) -> None:
-        import torch
-
-        from common.networks import QNetwork
-
-        torch.set_num_threads(1)
-        torch.manual_seed(seed)
-        self._torch = torch
-        self.net = QNetwork(obs_shape, num_actions, config).eval()
-
-    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
-        from common.networks import load_numpy_weights
-
-        load_numpy_weights(self.net, arrays)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
-            return self.net(self._torch.from_numpy(np.asarray(obs))).numpy()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from common.config import NetworkConfig
-from common.networks import QNetwork, load_numpy_weights, weights_to_numpy
-from common.policy_network import NumpyMLPQNetwork, TorchQNetwork, policy_network
+from common.networks import QNetwork, TorchQNetwork, load_numpy_weights, weights_to_numpy
+from common.policy_network import NumpyMLPQNetwork, policy_network
 from common.wire import decode, encode
 
 
