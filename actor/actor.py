@@ -168,7 +168,7 @@ class Actor:
         self._last_report = (0, time.monotonic())  # (env steps, time) at the last report
 
     def _send(self, arrays: dict[str, np.ndarray], stop: threading.Event) -> None:
-        """Push one batch, waiting (backpressure) while replay's queue is full; weights keep flowing."""
+        """Push one batch, waiting (backpressure) while replay's queue is full; weights and reports keep flowing."""
         count = arrays["action"].shape[0]
         meta = {"actor_index": self.index, "stream": self.stream, "sent_before": self.transitions_sent, "count": count}
         kind = "transitions"
@@ -184,6 +184,9 @@ class Actor:
                 self.transitions_sent += count
                 return
             self._take_weights()
+            now = time.monotonic()
+            if now >= self._next_report:  # held back by replay, still alive to the learner
+                self._report_due(now)
             if stop.is_set() or self.link.stop_reason is not None:
                 self.transitions_dropped += count
                 log.info("dropped %d unsent transitions at shutdown", count)
