@@ -10,7 +10,8 @@ for the next publication.
 On the learner's own host the weights come through shared memory instead (`common.shared_weights`):
 the first `weights_ref` notice names the file; if this process can open it and the token matches, the
 link unsubscribes from the full weights and copies each new version out of the file. Otherwise
-(another machine, another user, /dev/shm missing) it stays on the broadcast.
+(another machine, another user, /dev/shm missing, or a file that is not the learner's: another user's,
+a link, a FIFO) it stays on the broadcast, or goes back to it, and counts the refusal.
 
 Lost and re-established connections of the link's sockets (and of any socket the actor adds with
 `connections.watch`) are logged from `newest_weights`, which the actor calls between environment steps
@@ -26,7 +27,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ import zmq
 from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
-from common.safe_log import printable
+from common.safe_log import PeerWarnings, printable
 from common.security import ClientSecurity, secure_client
 from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
 from common.sockets import connect, is_loopback, make_socket
@@ -50,6 +51,7 @@ HELLO_EVERY_S = 2.0
 CONTROL_CHECK_S = 1.0
 # Refusals that pass (a full roll of actors empties as silent ones expire): keep saying hello.
 TRANSIENT_REFUSALS = frozenset({"too_many_actors"})
+REFUSED_TOKENS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class LearnerLink:
         self.rejected = 0
         self.shared_memory = shared_memory  # False: always the broadcast (benchmarks compare the two)
         self.shared: SharedWeightsReader | None = None
-        self._refused_tokens: set[str] = set()
+        self.shared_refused = 0  # weights_ref notices whose file was refused (not ours, not a file, ...)
+        self._refused_tokens: OrderedDict[str, None] = OrderedDict()  # tried once each, the newest kept
+        self._warnings = PeerWarnings(log)
         self._full_weights_subscribed = False
         self.received: Counter[str] = Counter()  # weight versions that came by "broadcast" or "shared_memory"
 
@@ -272,8 +276,17 @@ class LearnerLink:
         try:
             reader = SharedWeightsReader(msg.meta["path"], token)
         except SharedWeightsUnavailable as err:
-            self._refused_tokens.add(token)
-            log.info("weights of run %s by broadcast: %s", msg.meta["run_id"], err)
+            self.shared_refused += 1
+            self._refused_tokens[token] = None
+            while len(self._refused_tokens) > REFUSED_TOKENS_KEPT:
+                self._refused_tokens.popitem(last=False)
+            self._warnings.warning(
+                b"weights_ref",
+                "weights of run %s by broadcast, not from its shared-memory file: %s [%d refused so far]",
+                printable(msg.meta["run_id"]),
+                printable(str(err), 300),
+                self.shared_refused,
+            )
             self._close_shared()
             self._subscribe_full_weights(True)
             return

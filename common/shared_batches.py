@@ -8,11 +8,17 @@ observations gathered from its storage, then the small arrays), and its reply (`
 only: nothing to receive or decode but the slot number. The learner trains on the slot in place.
 
 A slot belongs to the server from the request that names it until the reply, then to the learner until
-it asks for its next batch. The server writes only into a file under /dev/shm whose name matches the
-pattern and ends in the request's token, owned by its own user with mode 0600, whose header repeats
-the token and whose slots hold exactly the requested batch of the run's observations; for anything else
-it answers with an ordinary `batch`, and a learner answered that way (replay on another host, or another
-user) removes its file and asks no more. The file is removed when the learner closes it or exits.
+it asks for its next batch. The server writes only into a file directly in /dev/shm whose name matches
+the pattern, a regular file owned by its own user with mode 0600 (see shm_files.open_checked), whose
+header holds the request's token and whose slots hold exactly the requested batch of the run's
+observations; for anything else it answers with an ordinary `batch`, and a learner answered that way
+(replay on another host, or another user) removes its file and asks no more. The file is removed when
+the learner closes it or exits.
+
+The name and the token are two separate random values, and the token is only inside the file: anyone
+can list /dev/shm and read the name, but only the learner's user can read the header. A request naming
+the learner's file without its token (from someone who read the name) is refused, and could not make
+the server write into a slot the learner is training on.
 """
 
 from __future__ import annotations
@@ -85,8 +91,8 @@ class BatchFile:
     ) -> None:
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in [1, {MAX_SLOTS}], got {slots}")
-        self.token = secrets.token_hex(16)
-        self.path = f"{directory}/distdqn-batches-{self.token}"
+        self.token = secrets.token_hex(16)  # only in the header: the name is public, the header private
+        self.path = f"{directory}/distdqn-batches-{secrets.token_hex(16)}"
         self.batch_size = batch_size
         self.slots = slots
         layout, self.slot_bytes = _layout(batch_size, obs_shape, obs_dtype)
@@ -128,8 +134,6 @@ class BatchFileMapping:
         obs_dtype: np.dtype,
         directory: str = SHM_DIR,
     ) -> None:
-        if not path.endswith("-" + token):
-            raise SharedBatchesUnavailable(f"the request's token does not name {path[:200]!r}")
         self._file = shm_files.MappedFile(
             path,
             "batches",
@@ -151,7 +155,7 @@ class BatchFileMapping:
     def _check(self, token: str, batch_size: int, obs_shape: Sequence[int], obs_dtype: np.dtype) -> None:
         layout, path = self._file.layout, self._file.path
         if layout.get("token") != token:
-            raise SharedBatchesUnavailable(f"{path}: belongs to another learner")
+            raise SharedBatchesUnavailable(f"{path}: the request's token is not this file's")
         expected, slot_bytes = _layout(batch_size, obs_shape, obs_dtype)
         slots = layout.get("slots")
         if layout.get("arrays") != expected or layout.get("slot_bytes") != slot_bytes:

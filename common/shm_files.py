@@ -2,9 +2,14 @@
 
 Every such file starts with the same header: a fixed struct (magic, format, layout bytes, where the data
 starts), then at LAYOUT_AT a msgpack map that says what the data holds and who made it (`host`, `pid`,
-and a random `token` that the file's name repeats). Files are created with mode 0600 and O_EXCL, mapped
-by opening with O_NOFOLLOW and checked with fstat, and removed by their creator when it closes, is
-collected or exits; a creator killed with SIGKILL leaves its file for the next one to remove.
+and a random `token`). Files are created with mode 0600 and O_EXCL, and removed by their creator when it
+closes, is collected or exits; a creator killed with SIGKILL leaves its file for the next one to remove.
+
+/dev/shm is writable by every user, so a name there proves nothing: another user can plant a file, a
+link or a FIFO under any name it can guess or read. `open_checked` is the one way in: a name directly in
+the directory and matching the pattern, opened without following links and without blocking (a FIFO
+would hang `open`), then checked on the open descriptor to be a regular file of this user's that no one
+else can write. Every process of a run runs as the run's user, so that is the only owner to trust.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from common.safe_log import printable
 
 SHM_DIR = "/dev/shm"
 LAYOUT_AT = 128
@@ -57,7 +64,7 @@ class CreatedFile:
         self.path = path
         self.data_at = round_up(LAYOUT_AT + len(packed), PAGE)
         self.nbytes = self.data_at + data_bytes
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, self.nbytes)
             self.mm = mmap.mmap(fd, self.nbytes)
@@ -87,10 +94,42 @@ class CreatedFile:
             _unmap(self.mm)
 
 
+def open_checked(
+    path: str,
+    kind: str,
+    pattern: re.Pattern[str],
+    *,
+    writable: bool,
+    directory: str = SHM_DIR,
+    error: type[Unavailable] = Unavailable,
+) -> tuple[int, os.stat_result]:
+    """(an open descriptor, its fstat) of `path` if it is a regular file directly in `directory`, named
+    like `pattern`, owned by this process's user and writable by no one else (to be written: mode 0600);
+    else `error`, whose message names the path log-safely. The caller closes the descriptor."""
+    name = os.path.basename(path)
+    if path != os.path.join(directory, name) or not pattern.fullmatch(name):
+        raise error(f"not a {kind} file this process will open: {printable(path, 200)}")
+    flags = os.O_RDWR if writable else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:  # ELOOP: a symbolic link; ENOENT: gone
+        raise error(f"cannot open {path}: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path} is not a {kind} file (not a regular file)")
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid != os.geteuid() or mode & (0o077 if writable else 0o022):
+            raise error(f"{path} is not private to this user (owner {info.st_uid}, mode {mode:o})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
 class MappedFile:
-    """Another process's file, opened only if it is a regular file under `directory` with a name matching
-    `pattern` and, to be written, this user's with mode 0600. `kind` names the file in error messages,
-    which are raised as `error` (the caller's own kind of Unavailable)."""
+    """Another process's file, mapped once `open_checked` accepts it. `kind` names the file in error
+    messages, which are raised as `error` (the caller's own kind of Unavailable)."""
 
     def __init__(
         self,
@@ -105,19 +144,10 @@ class MappedFile:
         directory: str = SHM_DIR,
         error: type[Unavailable] = Unavailable,
     ) -> None:
-        name = os.path.basename(path)
-        if os.path.dirname(path) != directory or not pattern.fullmatch(name):
-            raise error(f"not a {kind} file this process will open: {path[:200]!r}")
+        fd, info = open_checked(path, kind, pattern, writable=writable, directory=directory, error=error)
         try:
-            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
-        except OSError as err:
-            raise error(f"cannot open {path}: {err.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or not PAGE <= info.st_size <= max_bytes:
-                raise error(f"{path} is not a {kind} file")
-            if writable and (info.st_uid != os.geteuid() or info.st_mode & 0o077):
-                raise error(f"{path} is not private to this user (owner {info.st_uid}, mode {info.st_mode:o})")
+            if not PAGE <= info.st_size <= max_bytes:
+                raise error(f"{path} is not a {kind} file (size {info.st_size})")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             self.mm = mmap.mmap(fd, info.st_size, prot=prot)
         finally:
@@ -167,15 +197,14 @@ def remove_stale(pattern: re.Pattern[str], directory: str = SHM_DIR) -> list[str
     """Remove files named like `pattern` left by processes of this host and user that were killed before
     removing their own (SIGKILL); a file whose creator may still be alive, or cannot be told, is left."""
     removed = []
-    host, uid = socket.gethostname(), os.getuid()
+    host = socket.gethostname()
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         if not pattern.fullmatch(name):
             continue
         try:
-            if os.stat(path, follow_symlinks=False).st_uid != uid:
-                continue
-            with open(path, "rb") as f:
+            fd, _ = open_checked(path, "stale", pattern, writable=False, directory=directory)
+            with os.fdopen(fd, "rb") as f:
                 head = f.read(PAGE)
             _, _, layout_bytes, _ = HEADER.unpack_from(head, 0)
             creator = msgpack.unpackb(head[LAYOUT_AT : LAYOUT_AT + layout_bytes], raw=False)

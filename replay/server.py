@@ -146,6 +146,7 @@ class ReplayServer:
         self._batch_files: OrderedDict[str, BatchFileMapping] = OrderedDict()
         self._batch_file_refusals: OrderedDict[str, str] = OrderedDict()
         self.batches_by_shared_memory = 0
+        self.batch_files_refused = 0  # `sample` requests whose batch file was refused (answered by socket)
         # Without a run directory there is nowhere durable to write, so snapshots are off entirely.
         self.snapshot_dir = run_dir / "replay" if run_dir is not None else None
         self._snapshot_interval = rc.snapshot_interval_s if self.snapshot_dir is not None else 0.0
@@ -319,17 +320,25 @@ class ReplayServer:
         if not self.config.net.shared_memory_batches:
             return None, "replay.net.shared_memory_batches is off"
         path, token, slot = request.shm
-        refused = self._batch_file_refusals.get(path)
+        # A refusal belongs to what the request said, not to the path: a request with a wrong token must
+        # not get the learner's own file refused for the rest of the run.
+        key = (path, token, request.batch_size)
+        refused = self._batch_file_refusals.get(key)
         if refused is not None:
+            self.batch_files_refused += 1
             return None, refused
         mapping = self._batch_files.get(path)
-        if mapping is None or mapping.token != token or mapping.batch_size != request.batch_size:
+        if mapping is not None and mapping.token != token:  # refused alone, and cheaply: the mapping stays
+            self.batch_files_refused += 1
+            return None, f"the request's token is not that of the batch file {path}"
+        if mapping is None or mapping.batch_size != request.batch_size:
             try:
                 mapping = BatchFileMapping(
                     path, token, request.batch_size, self.spec.obs_shape, np.dtype(self.spec.obs_dtype)
                 )
             except SharedBatchesUnavailable as err:
-                self._batch_file_refusals[path] = str(err)[:200]
+                self.batch_files_refused += 1
+                self._batch_file_refusals[key] = str(err)[:200]
                 if len(self._batch_file_refusals) > BATCH_FILE_REFUSALS_KEPT:
                     self._batch_file_refusals.popitem(last=False)
                 log.info("sampled batches go over the socket, not shared memory: %s", err)

@@ -240,3 +240,41 @@ def test_live_parameters_are_published_as_they_were_when_handed_over() -> None:
             for link in (local, remote):
                 msg = _newest(link, version)
                 assert (msg.arrays["w"] == 0).all() and (msg.arrays["b"] == 0).all(), msg.sender
+
+
+def test_a_weights_ref_naming_another_users_file_is_refused_and_counted() -> None:
+    """A squatter on a dead learner's port names its own valid weights file: the actor stays on the broadcast."""
+    if os.geteuid() != 0:
+        print("skipped: giving a file to another user needs root")
+        pytest.skip("giving a file to another user needs root")
+    from common.shared_weights import SharedWeightsWriter
+
+    config = _config()
+    ctx = zmq.Context()
+    pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
+    bind(pub, "127.0.0.1", config.net.weights_port, "test broadcast")
+    planted = SharedWeightsWriter("e1e1", _weights(0))
+    planted.write(10**6, _weights(666))
+    os.chown(planted.path, 65534, 65534)
+    os.chmod(planted.path, 0o644)
+    link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx)
+    link.learner_run_id = "e1e1"
+    link.subscribe(config)
+    encode = Encoder("learner")
+    try:
+        deadline, version = time.monotonic() + 10, 0
+        while link.received["broadcast"] < 3 and time.monotonic() < deadline:
+            version += 1
+            meta = {"version": version, "run_id": "e1e1"}
+            pub.send_multipart(encode("weights_ref", {**meta, "path": planted.path, "token": planted.token}))
+            pub.send_multipart(encode("weights", meta, _weights(version)))
+            time.sleep(0.05)
+            link.newest_weights()
+        assert link.received["broadcast"] >= 3 and link.version == version
+        assert link.shared is None and link.received["shared_memory"] == 0
+        assert link.shared_refused == 1  # one refusal per token, not one per notice
+    finally:
+        link.close()
+        planted.close()
+        pub.close(linger=0)
+        ctx.destroy(linger=0)

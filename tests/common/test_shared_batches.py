@@ -53,7 +53,7 @@ def test_what_replay_writes_into_a_slot_is_what_the_learner_reads(batch_file: Ba
 @pytest.mark.parametrize(
     "change, reason",
     [
-        ("token", "token does not name"),
+        ("token", "token is not this file"),
         ("batch_size", "not batches of 64"),
         ("obs_shape", "not batches"),
         ("obs_dtype", "not batches"),
