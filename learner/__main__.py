@@ -13,6 +13,7 @@ from pathlib import Path
 from common.cli import config_from_args, config_parser
 from common.envs import env_spec
 from common.process import install_stop_handlers, run_cli, setup_logging
+from common.run_dir import check_run_dir
 from common.sockets import check_libzmq
 
 
@@ -28,6 +29,7 @@ def _main() -> int:
     args = parser.parse_args()
     config = config_from_args(args)
     run_dir = args.run_dir or Path("runs") / f"{config.name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_dir(run_dir)
     setup_logging("learner", verbose=args.verbose)
     check_libzmq()
     stop = install_stop_handlers()

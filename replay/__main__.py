@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from common.cli import config_from_args, config_parser
 from common.envs import env_spec
 from common.process import install_stop_handlers, run_cli, setup_logging
+from common.run_dir import check_run_dir
 from common.sockets import check_libzmq
 
 
@@ -29,6 +31,8 @@ def _main() -> int:
     )
     args = parser.parse_args()
     config = config_from_args(args)
+    if args.run_dir is not None:
+        check_run_dir(Path(args.run_dir))
     setup_logging("replay", verbose=args.verbose)
     check_libzmq()
     stop = install_stop_handlers()
