@@ -30,7 +30,7 @@ from common.envs import EnvSpec
 from common.errors import StartupError
 from common.frame_dedup import dedup_stacks
 from common.metrics_export import start_exporter
-from common.security import ServerSecurity, require_secure_bind, secure_server
+from common.security import ServerSecurity, peer_role, require_secure_bind, secure_server
 from common.shared_batches import BatchFileMapping, SharedBatchesUnavailable
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
@@ -49,6 +49,7 @@ ACCOUNTING_FILE = "accounting.json"
 DRAIN_QUIET_S = 0.3  # at a stop, read what actors still send (their stream_end) until quiet this long ...
 DRAIN_MAX_S = 1.5  # ... or this long in all
 INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
+LEARNER_KINDS = ("sample", "priorities", "snapshot_request")  # with authentication on, the learner key's only
 BATCH_FILES_KEPT = 4  # learners' batch files kept mapped (one per learner; a restarted learner makes a new one)
 BATCH_FILE_REFUSALS_KEPT = 64
 VECTORS = ("action", "reward", "discount", "priority", "version")
@@ -365,6 +366,10 @@ class ReplayServer:
             self._reject(err.reason, err)
             if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
                 self._reply(identity, "error", {"reason": err.reason, "detail": str(err)[:200]})
+            return
+        if self.security is not None and msg.kind in LEARNER_KINDS and peer_role(body[0]) != "learner":
+            self._reject("not_learner", f"{msg.kind} from a {peer_role(body[0])} key")
+            self._reply(identity, "error", {"reason": "not_learner", "detail": f"{msg.kind} is the learner's"})
             return
         if msg.kind == "sample":
             meta = msg.meta
