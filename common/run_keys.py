@@ -14,6 +14,7 @@ read the secrets. User-configured net.curve_* settings take precedence. Layout (
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -26,6 +27,8 @@ ENV = "DISTDQN_RUN_KEYS"
 CLIENT_ROLES = ("learner", "actor", "evaluator")
 IPC_INGEST = "ingest.sock"
 IPC_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+log = logging.getLogger(__name__)
 
 
 def check_private_dir(directory: Path) -> None:
@@ -89,7 +92,21 @@ def client_files(directory: Path, role: str) -> tuple[Path, Path]:
     return directory / f"{role}{SECRET_SUFFIX}", directory / f"server{PUBLIC_SUFFIX}"
 
 
-def ipc_ingest_address(directory: Path) -> str | None:
-    """ipc:// endpoint inside the private directory, or None when its path is too long for a socket."""
+def local_ingest_address() -> str | None:
+    """replay's ipc:// ingest endpoint inside the run-keys directory, for actors on its host; None without
+    run keys, or (said once) when the path is too long for a Unix socket: then tcp with CURVE it is.
+
+    No CURVE on it, and none needed: only the owner can enter a 0700 directory, so nobody else can
+    connect to the socket there, nor create one in its place."""
+    directory = run_keys_dir()
+    if directory is None:
+        return None
     path = str((directory / IPC_INGEST).resolve())
-    return f"ipc://{path}" if len(path.encode()) <= IPC_PATH_MAX else None
+    if len(path.encode()) > IPC_PATH_MAX:
+        log.info(
+            "run keys path too long for an ipc socket (%d > %d bytes): local ingest uses tcp+CURVE",
+            len(path),
+            IPC_PATH_MAX,
+        )
+        return None
+    return f"ipc://{path}"

@@ -247,3 +247,16 @@ def test_a_flat_allowlist_still_admits_its_keys_as_actor_and_evaluator(tmp_path:
         actor.send("sample", "sample", {"batch_size": 4, "beta": 0.4})
         assert actor.reply("sample").meta["reason"] == "not_learner"
         ctx.destroy(linger=0)
+
+
+def test_local_actors_push_over_the_private_ipc_socket(run_keys: Path) -> None:
+    config = _config()
+    with _servers(config) as (_control, replay):
+        assert replay.local_ingest_address == f"ipc://{run_keys.resolve() / 'ingest.sock'}"
+        ctx = zmq.Context()
+        push = make_socket(ctx, zmq.PUSH, linger_ms=1000)
+        push.connect(replay.local_ingest_address)
+        push.send_multipart(Encoder("local-actor")("transitions", {"actor_index": 0}, transitions(8)))
+        _wait_for(lambda: replay.buffer.inserted_total == 8)
+        ctx.destroy(linger=0)
+    assert oct((run_keys).stat().st_mode & 0o777) == "0o700"  # what keeps other users off the socket
