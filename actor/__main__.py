@@ -58,8 +58,11 @@ def _main() -> int:
         raise ConfigError(f"--learner: {err}") from None
     if bool(args.curve_secret_key) != bool(args.curve_server_key):
         raise ConfigError("--curve-secret-key and --curve-server-key go together (CurveZMQ needs both)")
-    curve = ClientSecurity.from_paths(args.curve_secret_key, args.curve_server_key) if args.curve_secret_key else None
     role = "evaluator" if args.evaluate else "actor"
+    if args.curve_secret_key:
+        curve = ClientSecurity.from_paths(args.curve_secret_key, args.curve_server_key)
+    else:  # the launcher's per-run keys (DISTDQN_RUN_KEYS), if any
+        curve = ClientSecurity.from_run_keys(role)
     if args.evaluate:
         name = "evaluator"
     else:

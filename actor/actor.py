@@ -31,6 +31,7 @@ from common.epsilon_ladder import apex_epsilon
 from common.frame_dedup import dedup_stacks
 from common.policy_network import policy_network
 from common.process import derive_seed
+from common.run_keys import local_ingest_address
 from common.security import secure_client
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket, send_frames
 from common.wire import MAX_EPISODES_PER_REPORT
@@ -153,8 +154,13 @@ class Actor:
             kernel_buffer_bytes=BULK_KERNEL_BUFFER,
             heartbeats=False,
         )
-        secure_client(self.push, link.curve)
-        connect(self.push, replay_host, config.net.ingest_port)
+        # On replay's host with run keys, the ipc socket in the private run-keys directory: no CURVE cost.
+        local = local_ingest_address() if is_loopback(replay_host) and not config.net.curve_secret_key else None
+        if local is not None:
+            self.push.connect(local)
+        else:
+            secure_client(self.push, link.curve)
+            connect(self.push, replay_host, config.net.ingest_port)
         self.stream = secrets.token_hex(4)
         # Replay keeps (K, H, W) observations as distinct frames unless replay.frame_dedup is off (MinAtar's
         # channels are not a stack of frames): then plain rows are what it stores anyway.

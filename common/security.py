@@ -18,9 +18,6 @@ before ZAP is asked, which only a socket monitor reports.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import stat
 import threading
 import uuid
 from collections import Counter
@@ -29,20 +26,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import zmq
-from zmq.auth import load_certificate, load_certificates
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from common import run_keys
 from common.errors import StartupError
+from common.key_files import (  # noqa: F401  (re-exported: callers know these as common.security's)
+    PUBLIC_MODE,
+    PUBLIC_SUFFIX,
+    ROLE_DIRS,
+    SECRET_MODE,
+    SECRET_SUFFIX,
+    KeyPair,
+    check_secret_key_file,
+    generate_keypair,
+    load_authorized_keys,
+    load_keypair,
+    load_public_key,
+    load_role_keys,
+)
 
 if TYPE_CHECKING:
     from common.config import NetConfig
 
-PUBLIC_SUFFIX = ".key"
-SECRET_SUFFIX = ".key_secret"
-SECRET_MODE = 0o600
-PUBLIC_MODE = 0o644
 SETTINGS_HINT = (
     "generate keys with distdqn-keygen and set net.curve_secret_key, net.curve_server_key and "
     "net.curve_authorized_dir (see docs/security.md)"
@@ -57,126 +64,17 @@ _LIKELY_CAUSE = {
 }
 _PROTOCOL_ERRORS = {getattr(zmq, n): n[len("PROTOCOL_ERROR_") :] for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
 
+# What a key of each authenticated role may do: the learner (the server pair) is the cluster itself;
+# a key from a flat allowlist ("client") is taken as actor or evaluator, as before roles existed.
+ROLE_MAY = {
+    "learner": frozenset({"learner", "actor", "evaluator"}),
+    "client": frozenset({"actor", "evaluator"}),
+    "actor": frozenset({"actor"}),
+    "evaluator": frozenset({"evaluator"}),
+    "unknown": frozenset(),
+}
+
 log = logging.getLogger(__name__)
-
-
-# ---- key files ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KeyPair:
-    public: bytes
-    """z85 text, 40 bytes"""
-    secret: bytes
-    """z85 text, 40 bytes"""
-
-
-def _write_new(path: Path, text: str, mode: int, *, force: bool) -> None:
-    """Create with the final mode in the same call (O_EXCL), so a secret is never briefly readable."""
-    if force:
-        path.unlink(missing_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise StartupError(f"{path} exists; pass --force to replace it") from None
-    except OSError as err:
-        raise StartupError(f"cannot create {path}: {err.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(text)
-
-
-def _certificate(name: str, public: bytes, secret: bytes | None) -> str:
-    """pyzmq's certificate text: comments, a metadata section and a curve section."""
-    kind = "SECRET key: keep it private (mode 0600), never copy it to another machine" if secret else "public key"
-    lines = [f"#   distdqn CURVE {kind}", "", "metadata", f"    name = {name}", "curve"]
-    lines.append(f'    public-key = "{public.decode("ascii")}"')
-    if secret is not None:
-        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
-    return "\n".join(lines) + "\n"
-
-
-def generate_keypair(directory: Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
-    """DIR/NAME.key (public, 0644) and DIR/NAME.key_secret (0600); returns (public, secret) paths."""
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-        raise StartupError(f"key name must be letters, digits, '.', '_' or '-', got {name!r}")
-    public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
-    existing = [str(p) for p in (public_path, secret_path) if p.exists() or p.is_symlink()]
-    if existing and not force:
-        raise StartupError(f"{existing[0]} exists; pass --force to replace it")
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.curve_keypair()
-    _write_new(secret_path, _certificate(name, public, secret), SECRET_MODE, force=force)
-    _write_new(public_path, _certificate(name, public, None), PUBLIC_MODE, force=force)
-    return public_path, secret_path
-
-
-def _valid_key(key: bytes | None) -> bool:
-    if key is None or len(key) != 40:
-        return False
-    try:
-        return len(z85.decode(key)) == 32
-    except (ValueError, KeyError):
-        return False
-
-
-def check_secret_key_file(path: Path) -> None:
-    """Refuse a secret key that others could read or replace: with it they could pose as this process."""
-    try:
-        st = path.stat()
-    except OSError as err:
-        raise StartupError(f"secret key {path}: {err.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise StartupError(f"secret key {path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise StartupError(
-            f"secret key {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
-            f"run chmod 600 {path}"
-        )
-
-
-def load_public_key(path: str | Path) -> bytes:
-    """The z85 public key from a NAME.key (or NAME.key_secret) file."""
-    try:
-        public, _secret = load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise StartupError(f"public key {path}: {err}") from None
-    if not _valid_key(public):
-        raise StartupError(f"public key {path}: not a CURVE key file")
-    return public
-
-
-def load_keypair(path: str | Path) -> KeyPair:
-    """This process's own key pair from its NAME.key_secret file, after the permission check."""
-    path = Path(path)
-    check_secret_key_file(path)
-    try:
-        public, secret = load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise StartupError(f"secret key {path}: {err}") from None
-    if not _valid_key(secret) or not _valid_key(public):
-        raise StartupError(f"secret key {path}: no valid secret-key line (is this the .key_secret file?)")
-    if zmq.curve_public(secret) != public:
-        raise StartupError(f"secret key {path}: its public-key line does not match the secret key")
-    return KeyPair(public, secret)
-
-
-def load_authorized_keys(directory: str | Path) -> frozenset[bytes]:
-    """Every public key in DIR/*.key; the directory must not be writable by others (they could add keys)."""
-    directory = Path(directory)
-    try:
-        st = directory.stat()
-    except OSError as err:
-        raise StartupError(f"authorized key directory {directory}: {err.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StartupError(f"authorized key directory {directory}: not a directory")
-    if st.st_mode & 0o022:
-        raise StartupError(f"authorized key directory {directory} is writable by group or others: chmod go-w it")
-    try:
-        keys = load_certificates(directory)
-    except (OSError, ValueError) as err:
-        raise StartupError(f"authorized key directory {directory}: {err}") from None
-    bad = [k for k in keys if not _valid_key(k)]
-    if bad:
-        raise StartupError(f"authorized key directory {directory}: holds a malformed key {bad[0]!r}")
-    return frozenset(keys)
 
 
 # ---- the non-loopback rule ---------------------------------------------------------------------
@@ -217,28 +115,37 @@ class Refusals:
 
 
 class _Allowlist:
-    """Keys allowed by ZAP, re-read when the directory changes so actors can be added without a restart."""
+    """Keys allowed by ZAP and the role of each, re-read when the directory changes (actors can be added
+    without a restart). The server's own public key is the learner: it holds the server pair."""
 
     def __init__(self, directory: Path, server_public: bytes) -> None:
         self.directory = directory
-        self.server_public = server_public  # the learner, holding the server pair, is a replay client
-        self.keys = load_authorized_keys(directory)
-        self._mtime = directory.stat().st_mtime_ns
+        self.server_public = server_public
+        self.keys = load_role_keys(directory, announce=True)
+        self._mtimes = self._stamp()
 
-    def allows(self, key: bytes) -> bool:
+    def _stamp(self) -> tuple[int, ...]:
+        dirs = [self.directory, *(self.directory / sub for sub in ROLE_DIRS)]
+        return tuple(d.stat().st_mtime_ns if d.is_dir() else 0 for d in dirs)
+
+    def user_id(self, key: bytes) -> str | None:
+        """ "ROLE:NAME" for an allowed z85 key, None for any other."""
         try:
-            mtime = self.directory.stat().st_mtime_ns
-            if mtime != self._mtime:
-                self.keys = load_authorized_keys(self.directory)
-                self._mtime = mtime
+            mtimes = self._stamp()
+            if mtimes != self._mtimes:
+                self.keys = load_role_keys(self.directory)
+                self._mtimes = mtimes
                 log.info("reloaded %d authorized keys from %s", len(self.keys), self.directory)
         except (OSError, StartupError) as err:
             log.warning("keeping the previous authorized keys: %s", err)
-        return key == self.server_public or key in self.keys
+        if key == self.server_public:
+            return "learner:server"
+        return self.keys.get(key)
 
 
 class _Authenticator(ThreadAuthenticator):
-    """pyzmq's ZAP thread with our allowlist as its CURVE policy, so every ZAP refusal is counted."""
+    """pyzmq's ZAP thread with our allowlist as its CURVE policy: every ZAP refusal is counted, and each
+    accepted connection's User-Id is "ROLE:NAME" (read back per message by `peer_role`)."""
 
     def __init__(self, ctx: zmq.Context, allowlist: _Allowlist, refusals: Refusals) -> None:
         super().__init__(ctx, log=logging.getLogger(f"{__name__}.zap"))
@@ -253,11 +160,31 @@ class _Authenticator(ThreadAuthenticator):
         await super().handle_zap_message(msg)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if self._allowlist.allows(key):
+        if self._allowlist.user_id(key) is not None:
             return True
         where = self._allowlist.directory
         self._refusals.add("unknown_key", f"{self._peer} has CURVE key {key.decode('ascii')}, not in {where}")
         return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self._allowlist.user_id(z85.encode(client_public_key)) or "unknown:?"
+
+
+def peer_role(frame: zmq.Frame) -> str | None:
+    """The ROLE of the key that sent `frame` (received with copy=False), None on an unauthenticated socket."""
+    try:
+        user_id = frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+    if not user_id:
+        return None
+    role = user_id.partition(":")[0]
+    return role if role in ROLE_MAY else "unknown"
+
+
+def may_act_as(authenticated: str | None, role: str) -> bool:
+    """Whether a peer authenticated as `authenticated` may take `role` (None: no authentication, anything)."""
+    return authenticated is None or role in ROLE_MAY.get(authenticated, ())
 
 
 class _HandshakeMonitor(threading.Thread):
@@ -338,10 +265,16 @@ class ServerSecurity:
 
     @classmethod
     def from_config(cls, net: NetConfig, ctx: zmq.Context) -> ServerSecurity | None:
-        """None when the run has no CURVE settings (then only loopback binds are allowed)."""
-        if not net.curve_secret_key:
+        """The user's net.curve_* keys, else the run keys (DISTDQN_RUN_KEYS), else None: then only
+        loopback binds are allowed, and any local user can connect (said once per process)."""
+        if net.curve_secret_key:
+            return cls(ctx, load_keypair(net.curve_secret_key), net.curve_authorized_dir)
+        directory = run_keys.run_keys_dir()
+        if directory is None:
+            _warn_unprotected()
             return None
-        return cls(ctx, load_keypair(net.curve_secret_key), net.curve_authorized_dir)
+        secret, authorized = run_keys.server_files(directory)
+        return cls(ctx, load_keypair(secret), authorized)
 
     @property
     def denied(self) -> int:
@@ -371,10 +304,31 @@ class ClientSecurity:
         return cls(load_keypair(secret_key), load_public_key(server_key))
 
     @classmethod
-    def from_config(cls, net: NetConfig) -> ClientSecurity | None:
-        if not net.curve_secret_key:
+    def from_config(cls, net: NetConfig, role: str = "learner") -> ClientSecurity | None:
+        if net.curve_secret_key:
+            return cls.from_paths(net.curve_secret_key, net.curve_server_key)
+        return cls.from_run_keys(role)
+
+    @classmethod
+    def from_run_keys(cls, role: str) -> ClientSecurity | None:
+        """This role's pair from the run keys (DISTDQN_RUN_KEYS), None when the variable is unset."""
+        directory = run_keys.run_keys_dir()
+        if directory is None:
             return None
-        return cls.from_paths(net.curve_secret_key, net.curve_server_key)
+        return cls.from_paths(*run_keys.client_files(directory, role))
+
+
+_warned_unprotected = False
+
+
+def _warn_unprotected() -> None:
+    global _warned_unprotected
+    if not _warned_unprotected:
+        _warned_unprotected = True
+        log.warning(
+            "serving on loopback without authentication: any local user can connect (start through "
+            "scripts/launch_cluster.sh, or set DISTDQN_RUN_KEYS or net.curve_*; docs/security.md)"
+        )
 
 
 def secure_server(sock: zmq.Socket, security: ServerSecurity | None, what: str) -> None:

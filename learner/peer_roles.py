@@ -1,7 +1,8 @@
 """Which role a control-plane peer has, and so what it may do: only an evaluator reports evaluations.
 
 Where the servers authenticate peers, the role is the one in the peer's key's ZAP user id
-("ROLE:NAME", read by `common.security.peer_role`), and a hello must declare that same role. Where
+("ROLE:NAME", read by `common.security.peer_role`), and a hello must declare a role that key may take
+(`common.security.ROLE_MAY`). Where
 they do not (in-process tests), the role is what the connection's first hello declared: tied to its
 ROUTER identity, so a connection that never said hello as an evaluator cannot report evaluations and
 none can change its role later.
@@ -14,15 +15,8 @@ from collections import OrderedDict
 import zmq
 
 from common.safe_log import printable
+from common.security import ROLE_MAY, may_act_as, peer_role
 from learner.actors import Refused
-
-try:
-    from common.security import peer_role
-except ImportError:  # servers that do not authenticate roles yet: the hello's word, per connection
-
-    def peer_role(frame: zmq.Frame) -> str | None:
-        return None
-
 
 ROLES = ("actor", "evaluator")
 MAX_PEERS = 4096  # connections whose declared role is remembered, the least recent forgotten first
@@ -44,7 +38,7 @@ class PeerRoles:
         one this peer may take."""
         if role not in ROLES:
             raise Refused("bad_role", f"role {printable(role)}")
-        if authenticated is not None and authenticated != role:
+        if not may_act_as(authenticated, role):
             raise Refused("role_not_authorized", f"a {printable(authenticated)} key said hello as {role}")
         declared = self._declared.pop(identity, None)
         if declared is not None and declared != role:
@@ -56,8 +50,9 @@ class PeerRoles:
         return declared is None
 
     def role_of(self, identity: bytes, authenticated: str | None) -> str | None:
-        """The authenticated role, or where there is none, what this connection's hello declared."""
-        if authenticated is not None:
+        """The authenticated role where the key has one role only, otherwise (no authentication, or a
+        key that may take several: the server pair, a flat allowlist's) what this connection's hello declared."""
+        if authenticated is not None and len(ROLE_MAY.get(authenticated, ())) <= 1:
             return authenticated
         return self._declared.get(identity)
 

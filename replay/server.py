@@ -30,7 +30,8 @@ from common.envs import EnvSpec
 from common.errors import StartupError
 from common.frame_dedup import dedup_stacks
 from common.metrics_export import start_exporter
-from common.security import ServerSecurity, require_secure_bind, secure_server
+from common.run_keys import local_ingest_address
+from common.security import ServerSecurity, peer_role, require_secure_bind, secure_server
 from common.shared_batches import BatchFileMapping, SharedBatchesUnavailable
 from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
@@ -49,6 +50,7 @@ ACCOUNTING_FILE = "accounting.json"
 DRAIN_QUIET_S = 0.3  # at a stop, read what actors still send (their stream_end) until quiet this long ...
 DRAIN_MAX_S = 1.5  # ... or this long in all
 INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
+LEARNER_KINDS = ("sample", "priorities", "snapshot_request")  # with authentication on, the learner key's only
 BATCH_FILES_KEPT = 4  # learners' batch files kept mapped (one per learner; a restarted learner makes a new one)
 BATCH_FILE_REFUSALS_KEPT = 64
 VECTORS = ("action", "reward", "discount", "priority", "version")
@@ -173,6 +175,13 @@ class ReplayServer:
         host = config.net.bind_host
         self.ingest_address = bind(self.ingest, host, config.net.ingest_port, "replay ingest")
         self.sample_address = bind(self.requests, host, config.net.sample_port, "replay sampling")
+        # Actors on this host push to an ipc socket in the private run-keys directory: no CURVE cost.
+        self.local_ingest, self.local_ingest_address = None, local_ingest_address()
+        if self.local_ingest_address is not None and not config.net.curve_secret_key:
+            self.local_ingest = make_socket(
+                self.ctx, zmq.PULL, hwm=config.net.send_hwm, max_message_bytes=max_bytes, heartbeats=False
+            )
+            self.local_ingest.bind(self.local_ingest_address)
 
     # ---- ingest -------------------------------------------------------------------------------
     def _decode_insert(self, frames: list) -> tuple[Message, int, StreamRecord] | None:
@@ -282,7 +291,12 @@ class ReplayServer:
             try:
                 frames = self.ingest.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                if self.local_ingest is None:
+                    return
+                try:
+                    frames = self.local_ingest.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
             decoded = self._decode_insert(frames)
             if decoded is not None:
                 self._held = decoded
@@ -374,6 +388,10 @@ class ReplayServer:
             self._reject(err.reason, err)
             if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
                 self._reply(identity, "error", {"reason": err.reason, "detail": str(err)[:200]})
+            return
+        if self.security is not None and msg.kind in LEARNER_KINDS and peer_role(body[0]) != "learner":
+            self._reject("not_learner", f"{msg.kind} from a {peer_role(body[0])} key")
+            self._reply(identity, "error", {"reason": "not_learner", "detail": f"{msg.kind} is the learner's"})
             return
         if msg.kind == "sample":
             meta = msg.meta
@@ -576,10 +594,9 @@ class ReplayServer:
         while not stop.is_set():
             want_ingest = self._held is None or self._can_insert(self._held[1])
             if want_ingest != ingest_registered:
-                if want_ingest:
-                    poller.register(self.ingest, zmq.POLLIN)
-                else:
-                    poller.unregister(self.ingest)
+                for sock in (self.ingest, self.local_ingest):
+                    if sock is not None:
+                        poller.register(sock, zmq.POLLIN) if want_ingest else poller.unregister(sock)
                 ingest_registered = want_ingest
             events = dict(poller.poll(POLL_MS))
             if self.requests in events:
@@ -589,7 +606,7 @@ class ReplayServer:
                     except zmq.Again:
                         break
                     self._handle_request(frames)
-            if self.ingest in events or self._held is not None:
+            if self.ingest in events or self.local_ingest in events or self._held is not None:
                 self._ingest_ready(budget=64)
             self._serve_pending()
             self._tick_snapshots()
@@ -648,8 +665,9 @@ class ReplayServer:
             log.warning("could not write %s: %s", ACCOUNTING_FILE, err)
 
     def close(self) -> None:
-        for sock in (self.ingest, self.requests):
-            sock.close()
+        for sock in (self.ingest, self.requests, self.local_ingest):
+            if sock is not None:
+                sock.close()
         for mapping in self._batch_files.values():
             mapping.close()
         self._batch_files.clear()

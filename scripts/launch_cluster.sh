@@ -13,12 +13,14 @@
 # Replay, learner, evaluator and actors that die are restarted with backoff (replay from its snapshot,
 # the learner from its checkpoint), up to 5 times each; RUN_DIR/logs/launcher.log says what happened.
 # A finished run's learning curves are drawn to RUN_DIR/curves.png.
+# Without net.curve_* keys, RUN_DIR/keys holds per-run CURVE keys (docs/security.md), so other local
+# users cannot reach the run's ports.
 # Exit status: 0 when the preset's stop condition was met (solved), 1 when the run ended otherwise,
 # 2 for bad arguments, 130/143 when interrupted. Ctrl-C or SIGTERM stops every process it started.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 num_actors=""
@@ -80,6 +82,12 @@ actor_args=(--learner "127.0.0.1:$learner_port")
 [ -n "$curve_secret" ] && actor_args+=(--curve-secret-key "$curve_secret" --curve-server-key "$curve_server")
 
 mkdir -p "$run_dir/logs" || die "cannot create run directory $run_dir"
+# Without the user's own CURVE keys, a per-run set (RUN_DIR/keys, mode 0700) keeps other users of this
+# machine out of the run's loopback ports: every process started here uses its role's pair from it.
+if [ -z "$curve_secret" ]; then
+  "$PY" -m common.keys run "$run_dir/keys" >/dev/null || exit 2
+  export DISTDQN_RUN_KEYS="$(realpath -- "$run_dir/keys")"
+fi
 . "$ROOT/scripts/lib/processes.sh"
 [ -n "$actor_hosts" ] && . "$ROOT/scripts/lib/ssh_actors.sh"  # actor blocks on other hosts, over ssh
 

@@ -1,0 +1,131 @@
+"""What authentication costs replay: ingest and sampling over plain tcp, tcp+CURVE and the ipc path.
+
+Why: per-run keys put CURVE on loopback too, and CURVE encrypts every byte. Local actors therefore push
+over an ipc socket in the private run-keys directory (no CURVE needed there); this measures all three
+in one run, for CartPole-shaped and Atari-shaped transitions, so the ratios mean something anywhere.
+Replay is the real server in its own process; one pusher re-sends prebuilt messages, one requester
+asks for batch-512 samples over the socket (no shared-memory batches, the worst case for CURVE).
+
+    python benchmarks/auth_cost.py [--seconds 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import zmq  # noqa: E402
+
+from benchmarks import common as bench  # noqa: E402
+
+NAME = "auth_cost"
+SEND_SIZE = {"cartpole": 1024, "atari": 32}
+CAPACITY = {"cartpole": 200_000, "atari": 20_000}
+MODES = ("plain", "curve", "ipc")
+
+
+def _client(ctx: zmq.Context, kind: int, role: str, mode: str):
+    from common.security import ClientSecurity, secure_client
+    from common.sockets import BULK_KERNEL_BUFFER, make_socket
+
+    sock = make_socket(ctx, kind, hwm=64, kernel_buffer_bytes=BULK_KERNEL_BUFFER, heartbeats=False)
+    if mode != "plain" and not (mode == "ipc" and kind == zmq.PUSH):
+        secure_client(sock, ClientSecurity.from_run_keys(role))
+    return sock
+
+
+def _stats(sock: zmq.Socket) -> dict:
+    from common.wire import Encoder, decode
+
+    sock.send_multipart(Encoder("bench-auth")("stats_request"))
+    while True:
+        msg = decode(sock.recv_multipart(), expect=("replay_stats", "batch", "error"))
+        if msg.kind == "replay_stats":
+            return msg.meta
+
+
+def _measure(shape: bench.Shape, mode: str, seconds: float) -> dict[str, float]:
+    """(ingest transitions/s, sampled transitions/s) with one server for this mode and shape."""
+    from common.run_keys import local_ingest_address
+    from common.wire import Encoder
+
+    port = bench.free_port_base()
+    overrides = [f"replay.capacity={CAPACITY[shape.name]}", "replay.min_size=512", "replay.samples_per_insert=0"]
+    overrides.append(f"actor.send_size={SEND_SIZE[shape.name]}")
+    with bench.Children() as children, bench.zmq_context() as ctx:
+        bench.start_replay_server(children, port, overrides, shape)
+        push = _client(ctx, zmq.PUSH, "actor", mode)
+        push.connect(local_ingest_address() if mode == "ipc" else f"tcp://127.0.0.1:{port + 2}")
+        learner = _client(ctx, zmq.DEALER, "learner", mode)
+        learner.connect(f"tcp://127.0.0.1:{port + 3}")
+        stream = bench.transitions_frames(shape, SEND_SIZE[shape.name], 0, seed=1, messages=bench.STREAM_MESSAGES)
+        start_inserted = _stats(learner)["inserted"]
+        start, sent = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            if push.poll(100, zmq.POLLOUT):
+                push.send_multipart(stream[sent % len(stream)], copy=False)
+                sent += 1
+        ingest_s = time.monotonic() - start
+        inserted = _stats(learner)["inserted"] - start_inserted
+        encode, batches = Encoder("bench-auth"), 0
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            learner.send_multipart(encode("sample", {"batch_size": 512, "beta": 0.4}))
+            learner.recv_multipart(copy=False)
+            batches += 1
+        sample_s = time.monotonic() - start
+        push.close(linger=0)
+        learner.close(linger=0)
+    return {"ingest_per_s": inserted / ingest_s, "sampled_per_s": 512 * batches / sample_s}
+
+
+def main() -> int:
+    from common.run_keys import ENV, make_run_keys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measured window")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per mode and shape (medians reported)")
+    parser.add_argument("--json", default=None, help="result file (default benchmarks/results/auth_cost.json)")
+    args = parser.parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="rk-", dir="/tmp") as tmp:
+        keys = make_run_keys(Path(tmp) / "k")
+        for shape in (bench.CARTPOLE, bench.ATARI):
+            for mode in MODES:
+                if mode == "plain":
+                    os.environ.pop(ENV, None)
+                else:
+                    os.environ[ENV] = str(keys)  # the spawned server inherits it, as under the launcher
+                rounds = [_measure(shape, mode, args.seconds) for _ in range(args.rounds)]
+                results[f"{shape.name}/{mode}"] = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+        os.environ.pop(ENV, None)
+    rows = []
+    for name, got in results.items():
+        shape = name.split("/")[0]
+        plain = results[f"{shape}/plain"]
+        ratios = {k: bench.ratio(got[k], plain[k]) for k in got}
+        got["ratio_to_plain"] = ratios
+        rows.append([name, got["ingest_per_s"], ratios["ingest_per_s"], got["sampled_per_s"], ratios["sampled_per_s"]])
+    bench.print_table(
+        "replay throughput by transport (transitions/s; ratio to plain tcp)",
+        ["shape/transport", "ingest", "ratio", "sampled", "ratio"],
+        rows,
+    )
+    print("(ipc: ingest over the private ipc socket; its sampling still crosses tcp+CURVE)")
+    bench.write_result(NAME, args.json, args, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
