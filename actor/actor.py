@@ -155,7 +155,8 @@ class Actor:
             heartbeats=False,
         )
         # On replay's host with run keys, the ipc socket in the private run-keys directory: no CURVE cost.
-        local = local_ingest_address() if is_loopback(replay_host) and not config.net.curve_secret_key else None
+        run_keys = link.curve is not None and link.curve.run_keys  # not with keys of the user's own
+        local = local_ingest_address() if run_keys and is_loopback(replay_host) else None
         if local is not None:
             self.push.connect(local)
         else:

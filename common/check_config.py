@@ -22,7 +22,7 @@ def check_machine(config: RunConfig) -> None:
     refused, an env this machine cannot make, a network that cannot take its observations, a missing
     CUDA device."""
     from common.envs import check_env_id, env_spec  # late: gymnasium is imported only when checking the machine
-    from common.security import require_secure_bind
+    from common.sockets import require_secure_bind
 
     require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
     problem = check_env_id(config.env.id)  # names the extra to install, where one is missing

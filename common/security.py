@@ -50,10 +50,6 @@ from common.key_files import (  # noqa: F401  (re-exported: callers know these a
 if TYPE_CHECKING:
     from common.config import NetConfig
 
-SETTINGS_HINT = (
-    "generate keys with distdqn-keygen and set net.curve_secret_key, net.curve_server_key and "
-    "net.curve_authorized_dir (see docs/security.md)"
-)
 _LOG_FIRST = 20
 _LOG_EVERY = 1000
 _MONITOR_POLL_MS = 100
@@ -75,18 +71,6 @@ ROLE_MAY = {
 }
 
 log = logging.getLogger(__name__)
-
-
-# ---- the non-loopback rule ---------------------------------------------------------------------
-def require_secure_bind(host: str, curve_configured: bool) -> None:
-    """Loopback is private to this machine; anything else must be CURVE-protected."""
-    from common.sockets import is_loopback  # late: common.sockets imports this module
-
-    if not curve_configured and not is_loopback(host):
-        raise StartupError(
-            f"refusing to listen on {host}: a non-loopback address needs CurveZMQ; {SETTINGS_HINT}, "
-            "or listen on 127.0.0.1"
-        )
 
 
 # ---- refusals ----------------------------------------------------------------------------------
@@ -298,6 +282,8 @@ class ClientSecurity:
     """this client's own pair"""
     server_key: bytes
     """the cluster's server public key (z85)"""
+    run_keys: bool = False
+    """made from the launcher's per-run keys (so replay on this host also listens on the ipc ingest)"""
 
     @classmethod
     def from_paths(cls, secret_key: str | Path, server_key: str | Path) -> ClientSecurity:
@@ -315,7 +301,8 @@ class ClientSecurity:
         directory = run_keys.run_keys_dir()
         if directory is None:
             return None
-        return cls.from_paths(*run_keys.client_files(directory, role))
+        secret, server = run_keys.client_files(directory, role)
+        return cls(load_keypair(secret), load_public_key(server), run_keys=True)
 
 
 _warned_unprotected = False

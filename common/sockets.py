@@ -18,7 +18,6 @@ from pathlib import Path
 import zmq
 
 from common.errors import StartupError
-from common.security import require_secure_bind
 
 LINGER_MS = 500
 BULK_KERNEL_BUFFER = 64 << 10
@@ -108,6 +107,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def require_secure_bind(host: str, curve_configured: bool) -> None:
+    """Loopback is private to this machine; anything else must be CURVE-protected."""
+    if not curve_configured and not is_loopback(host):
+        raise StartupError(
+            f"refusing to listen on {host}: a non-loopback address needs CurveZMQ; generate keys with "
+            "distdqn-keygen and set net.curve_secret_key, net.curve_server_key and net.curve_authorized_dir "
+            "(see docs/security.md), or listen on 127.0.0.1"
+        )
 
 
 def bind(sock: zmq.Socket, host: str, port: int, what: str) -> str:

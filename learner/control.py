@@ -33,7 +33,7 @@ import zmq
 from common.config import RunConfig
 from common.monitor import ConnectionMonitor
 from common.safe_log import PeerWarnings, printable
-from common.security import ServerSecurity, require_secure_bind, secure_server
+from common.security import ServerSecurity, secure_server
 from common.shared_weights import (
     LayoutMismatch,
     NonFinite,
@@ -42,7 +42,7 @@ from common.shared_weights import (
     SharedWeightsWriter,
     available,
 )
-from common.sockets import bind, make_socket
+from common.sockets import bind, make_socket, require_secure_bind
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from learner.actors import MAX_EPISODES_PER_REPORT, ActorRecord, ActorRegistry, Refused, log_expired, log_silence
 from learner.peer_roles import PeerRoles

@@ -31,9 +31,9 @@ from common.errors import StartupError
 from common.frame_dedup import dedup_stacks
 from common.metrics_export import start_exporter
 from common.run_keys import local_ingest_address
-from common.security import ServerSecurity, peer_role, require_secure_bind, secure_server
+from common.security import ServerSecurity, peer_role, secure_server
 from common.shared_batches import BatchFileMapping, SharedBatchesUnavailable
-from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
+from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket, require_secure_bind
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.accounting import Ledger, StreamRecord
 from replay.buffer import FieldSpec, ReplayBuffer

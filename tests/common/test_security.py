@@ -27,11 +27,10 @@ from common.security import (
     ServerSecurity,
     generate_keypair,
     load_keypair,
-    require_secure_bind,
     secure_client,
     secure_server,
 )
-from common.sockets import bind, free_port_base, make_socket
+from common.sockets import bind, free_port_base, make_socket, require_secure_bind
 from common.wire import Encoder, decode, kind_prefix
 
 NOTHING_WAIT_S = 1.0
