@@ -28,6 +28,13 @@ ALLOWED_DTYPES = frozenset({"uint8", "int8", "int32", "int64", "float16", "float
 MAX_ARRAYS = 256
 MAX_RANK = 8
 MAX_HEADER_BYTES = 1 << 20
+# Every int a peer sends has a range (a Python int is unbounded; 2**64-1 summed twice no longer packs, and a
+# numpy int64 column overflows). Per-key ranges live in RANGES below; any other int gets DEFAULT_INT_RANGE.
+DEFAULT_INT_RANGE = (0, 2**53)
+MAX_COUNT = 2**40  # transitions, steps, bytes: far above any run, far below int64 even summed
+MAX_ACTOR_INDEX = 2**20
+MAX_SEQ = 2**53
+MAX_STRING = 256  # any string in meta unless STRING_LIMITS says otherwise
 # The most episodes one actor_stats (or eval_result) may carry; the learner refuses a report with more,
 # so actors send the newest this many (docs/protocol.md).
 MAX_EPISODES_PER_REPORT = 1024
@@ -63,7 +70,39 @@ class Schema:
     arrays: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     any_arrays: bool = False
     batched: bool = False
+    max_bytes: int | None = None
+    """all frames of one message together (header included); None: only the socket's limit applies"""
     doc: str = ""
+
+
+_COUNT = (0, MAX_COUNT)
+# key -> (lowest, highest), the same key meaning the same thing in every kind (docs/protocol.md, "Ranges").
+RANGES: dict[str, tuple[int, int]] = {
+    "actor_index": (-1, MAX_ACTOR_INDEX),
+    "pid": (0, 2**31),
+    "version": (0, MAX_SEQ),
+    "weight_version": (-1, MAX_SEQ),
+    "sent_before": _COUNT,
+    "count": _COUNT,
+    "sent": _COUNT,
+    "dropped": _COUNT,
+    "env_steps": _COUNT,
+    "transitions_sent": _COUNT,
+    "transitions_dropped": _COUNT,
+    "batch_size": (1, 65536),
+    "size": _COUNT,
+    "shm_slot": (0, 1024),
+    "slot": (0, 1024),
+    "capacity": _COUNT,
+    "inserted": _COUNT,
+    "sampled": _COUNT,
+    "lost": _COUNT,
+    "transitions": _COUNT,
+    "bytes": (0, 2**50),
+}
+# key -> longest string; any other string key gets MAX_STRING.
+STRING_LIMITS: dict[str, int] = {"path": 4096, "detail": 1024, "shm_refused": 1024}
+_SMALL = 8 << 10  # a header of a few short fields and the sender: a few KiB at most
 
 
 _F32 = frozenset({"float32"})
@@ -75,6 +114,7 @@ SCHEMAS: dict[str, Schema] = {
     "hello": Schema(
         meta={"role": str, "actor_index": int},
         optional_meta={"host": str, "pid": int, "instance": str},
+        max_bytes=_SMALL,
         doc="actor/evaluator -> learner: join the run; actor_index -1 asks the learner to assign one",
     ),
     "welcome": Schema(
@@ -82,7 +122,9 @@ SCHEMAS: dict[str, Schema] = {
         optional_meta={"epsilon": _NUM},
         doc="learner -> actor: the run config, the actor's global index and the epsilon it is to explore with",
     ),
-    "get_weights": Schema(doc="actor -> learner: ask for the current weights now (a late joiner never waits)"),
+    "get_weights": Schema(
+        max_bytes=_SMALL, doc="actor -> learner: ask for the current weights now (a late joiner never waits)"
+    ),
     "weights": Schema(
         meta={"version": int},
         optional_meta={"run_id": str},
@@ -91,6 +133,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "weights_ref": Schema(
         meta={"version": int, "run_id": str, "path": str, "token": str},
+        max_bytes=_SMALL,
         doc="learner -> actors (PUB): a new version is in the shared-memory file at path, for actors on its host",
     ),
     "transitions": Schema(
@@ -125,6 +168,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "stream_end": Schema(
         meta={"actor_index": int, "stream": str, "sent": int, "dropped": int},
+        max_bytes=_SMALL,
         doc="actor -> replay (PUSH), last on its stream: transitions sent in all, and dropped unsent",
     ),
     "actor_stats": Schema(
@@ -132,17 +176,20 @@ SCHEMAS: dict[str, Schema] = {
         optional_meta={"epsilon": _NUM, "steps_per_s": _NUM, "transitions_dropped": int, "stream": str},
         arrays={"episode_returns": _F32, "episode_lengths": _I64},
         batched=True,
+        max_bytes=_SMALL + MAX_EPISODES_PER_REPORT * 12,
         doc="actor -> learner: cumulative counters and the episodes finished since the last report",
     ),
     "eval_result": Schema(
         meta={"weight_version": int},
         arrays={"returns": _F32, "lengths": _I64},
         batched=True,
+        max_bytes=_SMALL + 1000 * 12,  # eval.episodes is at most 1000
         doc="evaluator -> learner: returns of one greedy evaluation",
     ),
     "sample": Schema(
         meta={"batch_size": int, "beta": _NUM},
         optional_meta={"shm_path": str, "shm_token": str, "shm_slot": int},
+        max_bytes=_SMALL,
         doc="learner -> replay: request one prioritized batch (its observations into a shared-memory slot)",
     ),
     "batch": Schema(
@@ -163,6 +210,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "batch_ref": Schema(
         meta={"size": int, "slot": int, "token": str},
+        max_bytes=_SMALL,
         doc="replay -> learner: a sampled batch is in the requested slot of the learner's shared-memory file",
     ),
     "priorities": Schema(
@@ -170,7 +218,7 @@ SCHEMAS: dict[str, Schema] = {
         batched=True,
         doc="learner -> replay: new priorities; ignored for slots overwritten since they were sampled",
     ),
-    "stats_request": Schema(doc="anyone -> replay: ask for the replay_stats counters"),
+    "stats_request": Schema(max_bytes=_SMALL, doc="anyone -> replay: ask for the replay_stats counters"),
     "replay_stats": Schema(
         meta={"size": int, "capacity": int, "inserted": int, "sampled": int, "rejected": dict},
         optional_meta={
@@ -183,18 +231,23 @@ SCHEMAS: dict[str, Schema] = {
         },
         doc="replay -> requester: occupancy and counters (rejected maps reason -> count; dropped, lost in transitions)",
     ),
-    "snapshot_request": Schema(doc="anyone -> replay: write a snapshot to RUN_DIR/replay/ now; answered when on disk"),
+    "snapshot_request": Schema(
+        max_bytes=_SMALL, doc="anyone -> replay: write a snapshot to RUN_DIR/replay/ now; answered when on disk"
+    ),
     "snapshot_done": Schema(
         meta={"path": str, "transitions": int, "inserted": int, "bytes": int, "seconds": _NUM},
+        max_bytes=_SMALL,
         doc="replay -> requester: a snapshot taken after the request is durably on disk at path",
     ),
     "stop": Schema(
         meta={"reason": str},
+        max_bytes=_SMALL,
         doc="learner -> everyone (PUB): the run is over; actors and evaluators exit",
     ),
     "error": Schema(
         meta={"reason": str},
         optional_meta={"detail": str},
+        max_bytes=_SMALL,
         doc="server -> requester: the request was refused (wrong version, malformed, unknown kind)",
     ),
 }
@@ -290,13 +343,17 @@ def decode(frames: Sequence[Any], *, expect: Collection[str] | None = None) -> M
     sender, seq, meta, specs = header.get("s"), header.get("n"), header.get("m"), header.get("a")
     if not isinstance(sender, str) or len(sender) > 256:
         raise DecodeError("bad_header", "sender")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
         raise DecodeError("bad_header", "seq")
     if not isinstance(meta, dict) or not isinstance(specs, list):
         raise DecodeError("bad_header", "meta or arrays")
     if set(header) - {"v", "k", "s", "n", "m", "a"}:
         raise DecodeError("bad_header", "unknown header keys")
     schema = SCHEMAS[kind]
+    if schema.max_bytes is not None:  # cheap: the frames are already in memory, only their lengths are summed
+        total = sum(_frame_bytes(frame).nbytes for frame in frames)
+        if total > schema.max_bytes:
+            raise DecodeError("too_large", f"{kind}: {total} bytes, at most {schema.max_bytes}")
     _check_meta(kind, schema, meta)
     try:
         arrays = _decode_arrays(kind, schema, specs, frames)
@@ -333,6 +390,12 @@ def _check_meta(kind: str, schema: Schema, meta: dict[str, Any]) -> None:
             raise DecodeError("bad_meta", f"{kind}: {key!r} has type {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise DecodeError("bad_meta", f"{kind}: {key!r} is not finite")
+        if type(value) is int:
+            low, high = RANGES.get(key, DEFAULT_INT_RANGE)
+            if not low <= value <= high:
+                raise DecodeError("out_of_range", f"{kind}: {key!r} outside [{low}, {high}]")
+        elif type(value) is str and len(value) > STRING_LIMITS.get(key, MAX_STRING):
+            raise DecodeError("too_long", f"{kind}: {key!r} longer than {STRING_LIMITS.get(key, MAX_STRING)}")
 
 
 def _decode_array(spec: Any, frame: Any) -> tuple[str, np.ndarray]:

@@ -297,7 +297,11 @@ class ReplayServer:
                     frames = self.local_ingest.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     return
-            decoded = self._decode_insert(frames)
+            try:
+                decoded = self._decode_insert(frames)
+            except Exception as err:  # one message never ends the server: count it and go on
+                self._reject("internal_error", f"{type(err).__name__}: {str(err)[:200]!r}")
+                continue
             if decoded is not None:
                 self._held = decoded
 
@@ -400,6 +404,11 @@ class ReplayServer:
             if not 1 <= size <= self.buffer.capacity or not 0 <= beta <= 1 or any(shm_keys) != all(shm_keys):
                 self._reject("bad_sample_request", f"batch_size={size} beta={beta} shm keys {shm_keys}")
                 self._reply(identity, "error", {"reason": "bad_sample_request"})
+                return
+            if self.limiter is not None and size > self.limiter.max_diff - self.limiter.min_diff:
+                # The limiter's window is narrower than this batch: it would wait at the head for ever.
+                self._reject("unservable_sample", f"batch_size={size} exceeds what the rate limiter ever allows")
+                self._reply(identity, "error", {"reason": "unservable_sample"})
                 return
             shm = (meta["shm_path"], meta["shm_token"], meta["shm_slot"]) if all(shm_keys) else None
             self._pending.append(_PendingSample(identity, size, beta, time.monotonic(), shm))
@@ -605,7 +614,10 @@ class ReplayServer:
                         frames = self.requests.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._handle_request(frames)
+                    try:
+                        self._handle_request(frames)
+                    except Exception as err:  # one message never ends the server: count it and go on
+                        self._reject("internal_error", f"{type(err).__name__}: {str(err)[:200]!r}")
             if self.ingest in events or self.local_ingest in events or self._held is not None:
                 self._ingest_ready(budget=64)
             self._serve_pending()
