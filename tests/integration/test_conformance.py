@@ -146,10 +146,6 @@ class _FullPush:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actor/actor.py sends no actor_stats while it waits to send (tried: a resumed actor then went unheard)",
-)
 def test_the_reference_actor_keeps_reporting_while_it_waits_to_send() -> None:
     """docs/protocol.md, Backpressure: reports keep flowing while the PUSH socket is full."""
     from actor.actor import Actor
