@@ -116,6 +116,8 @@ if [ $local_actors -eq 1 ]; then
 else
   echo "started replay, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
     "127.0.0.1:$learner_port (e.g. scripts/launch_actors.sh); Ctrl-C stops them all"
+  # Loopback with per-run keys: actors on this host join with the run's actor keys, found through this.
+  [ -n "${DISTDQN_RUN_KEYS:-}" ] && echo "actors on this host: DISTDQN_RUN_KEYS=$DISTDQN_RUN_KEYS scripts/launch_actors.sh --learner 127.0.0.1:$learner_port --num-actors K"
 fi
 if [ $monitor -eq 1 ]; then
   "$PY" -m tools.monitor "$run_dir" <&4 >&3 2>>"$run_dir/logs/monitor.log" &

@@ -89,9 +89,13 @@ def test_servers_only_plus_actors_launched_elsewhere_without_indices_solves_cart
         "stop.max_wall_s=150",
         "log_interval_s=1",
     )
-    started = cluster.wait_until(lambda: "for 2 actor(s) to join" in cluster.stdout("launcher"), timeout_s=60)
+    said = ("for 2 actor(s) to join", "actors on this host: DISTDQN_RUN_KEYS=")
+    started = cluster.wait_until(lambda: all(s in cluster.stdout("launcher") for s in said), timeout_s=60)
     assert started, f"the launcher did not start the servers\n{cluster.diagnostics()}"
     assert _role_pid(cluster, "actor --actor-index") is None, "--servers-only started actors"
+    hint = re.search(r"actors on this host: DISTDQN_RUN_KEYS=(\S+) ", cluster.stdout("launcher"))
+    assert hint, f"the launcher did not say how local actors join\n{cluster.diagnostics()}"
+    cluster.env["DISTDQN_RUN_KEYS"] = hint.group(1)  # the run's own keys: the servers take no others here
     cluster.start(
         "actors",
         [str(LAUNCH_ACTORS), "--learner", cluster.learner_address, "--num-actors", "2"]
