@@ -50,5 +50,10 @@ class SampleToInsertRatio:
     def can_insert(self, inserted: int, sampled: int, count: int) -> bool:
         return (inserted + count) * self.samples_per_insert - sampled <= self.max_diff
 
+    def max_sample(self) -> int:
+        """The largest batch that can ever be sampled: inserts stop at max_diff, a sample must leave
+        diff >= min_diff, so a batch above max_diff - min_diff would wait forever."""
+        return int(self.max_diff - self.min_diff)
+
     def can_sample(self, inserted: int, sampled: int, count: int) -> bool:
         return inserted * self.samples_per_insert - (sampled + count) >= self.min_diff

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.accounting import Ledger, StreamRecord
 from replay.buffer import FieldSpec, ReplayBuffer
 from replay.frame_storage import FrameReplayBuffer
+from replay.pending import PendingSample, PendingSamples
 from replay.rate_limiter import SampleToInsertRatio
 from replay.snapshot import SnapshotInfo, load_snapshot, write_snapshot
 
@@ -91,15 +91,6 @@ def transition_fields(spec: EnvSpec) -> dict[str, FieldSpec]:
     }
 
 
-@dataclass
-class _PendingSample:
-    identity: bytes
-    batch_size: int
-    beta: float
-    since: float
-    shm: tuple[str, str, int] | None = None  # the learner's batch file (path, token) and the slot to fill
-
-
 class _SnapshotJob:
     """One snapshot write, run by a background thread (or inline at exit); the loop replies to `waiters`."""
 
@@ -142,7 +133,9 @@ class ReplayServer:
         self.stored_by_actor: Counter[int] = Counter()
         self.ledger = Ledger()
         self._held: tuple[Message, int, StreamRecord] | None = None  # a decoded insert waiting for the limiter
-        self._pending: deque[_PendingSample] = deque()
+        self._pending = PendingSamples()
+        # The largest batch this server could ever serve: a larger request would wait forever.
+        self.max_batch = min(self.buffer.capacity, self.limiter.max_sample() if self.limiter else self.buffer.capacity)
         self._encode = Encoder("replay")
         self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=64)
         self._batch_files: OrderedDict[str, BatchFileMapping] = OrderedDict()
@@ -314,8 +307,9 @@ class ReplayServer:
         return self.limiter.can_sample(self.buffer.inserted_total, self.buffer.sampled_total, count)
 
     def _serve_pending(self) -> None:
-        while self._pending and self._can_sample(self._pending[0].batch_size):
-            request = self._pending.popleft()
+        if not self._pending or self.buffer.size < self.config.replay.min_size:
+            return
+        for request in self._pending.take_ready(self._can_sample):
             slot, refused = self._batch_slot(request)
             result = self.buffer.sample(request.batch_size, request.beta, slot)
             arrays = dict(result.data)
@@ -331,7 +325,7 @@ class ReplayServer:
                 meta = {"size": request.batch_size, **({"shm_refused": refused} if refused else {})}
                 self._reply(request.identity, "batch", meta, arrays)
 
-    def _batch_slot(self, request: _PendingSample) -> tuple[dict[str, np.ndarray] | None, str]:
+    def _batch_slot(self, request: PendingSample) -> tuple[dict[str, np.ndarray] | None, str]:
         """(the slot of the learner's batch file to sample into, or None; why not, when it asked for one)."""
         if request.shm is None:
             return None, ""
@@ -381,6 +375,10 @@ class ReplayServer:
             self.rejected["reply_failed"] += 1
             log.debug("reply %s failed: %s", kind, err)
 
+    def _refuse_sample(self, identity: bytes, reason: str, detail: str) -> None:
+        self._reject(reason, detail)
+        self._reply(identity, "error", {"reason": reason, "detail": detail})
+
     def _handle_request(self, frames: list) -> None:
         if len(frames) < 2:
             self._reject("bad_envelope", "no identity")
@@ -401,17 +399,19 @@ class ReplayServer:
             meta = msg.meta
             size, beta = meta["batch_size"], float(meta["beta"])
             shm_keys = [key in meta for key in ("shm_path", "shm_token", "shm_slot")]
-            if not 1 <= size <= self.buffer.capacity or not 0 <= beta <= 1 or any(shm_keys) != all(shm_keys):
+            if not 0 <= beta <= 1 or any(shm_keys) != all(shm_keys):
                 self._reject("bad_sample_request", f"batch_size={size} beta={beta} shm keys {shm_keys}")
                 self._reply(identity, "error", {"reason": "bad_sample_request"})
                 return
-            if self.limiter is not None and size > self.limiter.max_diff - self.limiter.min_diff:
-                # The limiter's window is narrower than this batch: it would wait at the head for ever.
-                self._reject("unservable_sample", f"batch_size={size} exceeds what the rate limiter ever allows")
-                self._reply(identity, "error", {"reason": "unservable_sample"})
+            if not 1 <= size <= self.max_batch:
+                detail = f"batch_size {size} can never be served: at most {self.max_batch} (capacity, rate limiter)"
+                self._refuse_sample(identity, "unservable_sample", detail)
                 return
             shm = (meta["shm_path"], meta["shm_token"], meta["shm_slot"]) if all(shm_keys) else None
-            self._pending.append(_PendingSample(identity, size, beta, time.monotonic(), shm))
+            refused = self._pending.add(PendingSample(identity, size, beta, time.monotonic(), shm))
+            if refused is not None:
+                limits = f"at most {self._pending.per_peer} per peer, {self._pending.total} in all"
+                self._refuse_sample(identity, refused, f"too many sample requests waiting ({limits})")
         elif msg.kind == "priorities":
             a = msg.arrays
             index = a["index"]

@@ -1,9 +1,11 @@
-"""A peer with a valid key but bad intent, against a real ReplayServer over real sockets."""
+"""A peer that sends valid-looking but hostile messages to a real replay server over real sockets: each
+is refused and counted, and the server keeps serving the well-behaved peers."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,13 +17,12 @@ from common.envs import EnvSpec
 from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.server import ReplayServer
-from tests.replay.test_server import _transitions, _wait_for
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
 
 def _start(overrides: list[str]) -> Iterator[ReplayServer]:
-    config = load_config("cartpole", ["net.max_message_mb=1", *overrides])
+    config = load_config("cartpole", ["replay.capacity=4000", "net.max_message_mb=1", *overrides])
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, SPEC)
     stop = threading.Event()
@@ -30,61 +31,133 @@ def _start(overrides: list[str]) -> Iterator[ReplayServer]:
     yield srv
     stop.set()
     thread.join(5)
+    assert not thread.is_alive()
     srv.close()
 
 
 @pytest.fixture
-def limited() -> Iterator[ReplayServer]:
-    """The CartPole preset's rate limiter, a small buffer."""
-    yield from _start(["replay.min_size=128", "replay.capacity=5000"])
+def server() -> Iterator[ReplayServer]:
+    """The CartPole preset's rate limiter (samples_per_insert 8), a small buffer."""
+    yield from _start(["replay.min_size=128"])
 
 
-def _dealer(ctx: zmq.Context, server: ReplayServer) -> zmq.Socket:
+@pytest.fixture
+def waiting_server() -> Iterator[ReplayServer]:
+    """min_size above anything stored: every sample request waits, so each one queues."""
+    yield from _start(["replay.min_size=2000"])
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def _transitions(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "obs": rng.uniform(-0.05, 0.05, (n, 4)).astype(np.float32),
+        "action": np.zeros(n, dtype=np.int64),
+        "reward": np.ones(n, dtype=np.float32),
+        "discount": np.full(n, 0.97, dtype=np.float32),
+        "next_obs": rng.uniform(-0.05, 0.05, (n, 4)).astype(np.float32),
+        "priority": np.ones(n, dtype=np.float32),
+        "version": np.zeros(n, dtype=np.int64),
+    }
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def _push(ctx: zmq.Context, server: ReplayServer) -> zmq.Socket:
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{server.config.net.ingest_port}")
+    return push
+
+
+def _dealer(ctx: zmq.Context, server: ReplayServer, identity: bytes | None = None) -> zmq.Socket:
     dealer = ctx.socket(zmq.DEALER)
+    if identity is not None:
+        dealer.setsockopt(zmq.IDENTITY, identity)
     dealer.connect(f"tcp://127.0.0.1:{server.config.net.sample_port}")
     return dealer
 
 
-def _ask(dealer: zmq.Socket, frames: list) -> object:
-    dealer.send_multipart(frames)
-    assert dealer.poll(5000), "no reply: the server is stuck or dead"
+def _fill(ctx: zmq.Context, server: ReplayServer, n: int) -> None:
+    push, enc = _push(ctx, server), Encoder("actor")
+    for i in range(n // 64):
+        push.send_multipart(enc("transitions", {"actor_index": 0}, _transitions(64, i)))
+    _wait_for(lambda: server.buffer.inserted_total >= n)
+
+
+def _reply(dealer: zmq.Socket, timeout_ms: int = 5000):
+    assert dealer.poll(timeout_ms), "no reply"
     return decode(dealer.recv_multipart())
 
 
-def test_unservable_sample_is_refused_and_does_not_block_the_queue(limited: ReplayServer) -> None:
-    assert limited.limiter is not None, "the preset must rate limit for this test"
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{limited.config.net.ingest_port}")
-    enc = Encoder("actor")
-    for _ in range(4):
-        push.send_multipart(enc("transitions", {"actor_index": 0}, _transitions(64)))
-    _wait_for(lambda: limited.buffer.inserted_total >= 128)
-    dealer = _dealer(ctx, limited)
-    learner = Encoder("learner")
-    reply = _ask(dealer, learner("sample", {"batch_size": 2000, "beta": 0.5}))
+def _stats(dealer: zmq.Socket) -> dict:
+    dealer.send_multipart(Encoder("probe")("stats_request"))
+    reply = _reply(dealer)
+    assert reply.kind == "replay_stats"
+    return reply.meta
+
+
+# ---- 1. sample requests ----------------------------------------------------------------------------
+
+
+def test_unservable_sample_is_refused_and_does_not_block_later_ones(server: ReplayServer, ctx) -> None:
+    _fill(ctx, server, 192)  # the limiter holds inserts back beyond 208 until something is sampled
+    learner, enc = _dealer(ctx, server), Encoder("learner")
+    # 2000 < capacity, but above the most the CartPole rate limiter can ever allow (2 x tolerance = 1280).
+    learner.send_multipart(enc("sample", {"batch_size": 2000, "beta": 0.4}))
+    reply = _reply(learner)
     assert reply.kind == "error" and reply.meta["reason"] == "unservable_sample"
-    reply = _ask(dealer, learner("sample", {"batch_size": 32, "beta": 0.5}))
+    assert server.rejected["unservable_sample"] == 1
+    # 1200 is servable in principle but not now (192 inserted); a later batch of 32 must not wait behind it.
+    learner.send_multipart(enc("sample", {"batch_size": 1200, "beta": 0.4}))
+    learner.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
+    reply = _reply(learner)
     assert reply.kind == "batch" and reply.meta["size"] == 32
-    assert limited.rejected["unservable_sample"] == 1
-    ctx.destroy(linger=0)
 
 
-def test_huge_integers_are_refused_and_replies_still_work(limited: ReplayServer) -> None:
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{limited.config.net.ingest_port}")
-    enc = Encoder("actor")
+def test_pending_samples_are_bounded_per_peer_and_in_total(waiting_server: ReplayServer, ctx) -> None:
+    srv = waiting_server
+    flood = _dealer(ctx, srv, b"flooder")
+    enc = Encoder("flooder")
+    for _ in range(100):
+        flood.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
+    for _ in range(36):
+        reply = _reply(flood)
+        assert reply.kind == "error" and reply.meta["reason"] == "too_many_pending"
+    assert srv.rejected["too_many_pending"] == 36 and len(srv._pending) == 64
+    # Many peers, each within its own bound: the total bound holds.
+    peers = [_dealer(ctx, srv, f"peer-{i}".encode()) for i in range(16)]
+    for peer in peers:
+        for _ in range(64):
+            peer.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
+    _wait_for(lambda: len(srv._pending) + srv.rejected["pending_full"] == 64 + 16 * 64)
+    assert len(srv._pending) == 1024 and srv.rejected["pending_full"] == 64
+    assert _stats(_dealer(ctx, srv))["rejected"]["pending_full"] == 64
+
+
+# ---- 2. integer ranges -----------------------------------------------------------------------------
+
+
+def test_huge_integers_are_refused_and_replies_still_work(server: ReplayServer, ctx) -> None:
+    push, enc = _push(ctx, server), Encoder("actor")
     huge = 2**64 - 1
     for stream in ("a", "b"):
         push.send_multipart(enc("stream_end", {"actor_index": 0, "stream": stream, "sent": huge, "dropped": 0}))
     push.send_multipart(enc("transitions", {"actor_index": huge}, _transitions(8)))
-    _wait_for(lambda: limited.rejected["out_of_range"] == 3)
-    dealer = _dealer(ctx, limited)
-    learner = Encoder("learner")
-    stats = _ask(dealer, learner("stats_request"))
-    assert stats.kind == "replay_stats" and stats.meta["rejected"]["out_of_range"] == 3
-    reply = _ask(dealer, learner("snapshot_request"))
+    _wait_for(lambda: server.rejected["out_of_range"] == 3)
+    learner = _dealer(ctx, server)
+    assert _stats(learner)["rejected"]["out_of_range"] == 3
+    learner.send_multipart(Encoder("learner")("snapshot_request"))
+    reply = _reply(learner)
     assert reply.kind == "error" and reply.meta["reason"] == "snapshots_disabled"
-    assert _ask(dealer, learner("stats_request")).kind == "replay_stats"
-    ctx.destroy(linger=0)
+    assert _stats(learner)["rejected"]["out_of_range"] == 3
