@@ -161,3 +161,22 @@ def test_huge_integers_are_refused_and_replies_still_work(server: ReplayServer, 
     reply = _reply(learner)
     assert reply.kind == "error" and reply.meta["reason"] == "snapshots_disabled"
     assert _stats(learner)["rejected"]["out_of_range"] == 3
+
+
+def test_an_exception_in_one_message_is_counted_and_the_server_goes_on(server: ReplayServer, ctx) -> None:
+    _fill(ctx, server, 192)
+    calls = []
+
+    def broken_update(*args: object) -> int:  # a fault injected into one handler: any bug it stands for
+        calls.append(1)
+        raise RuntimeError("injected\nfault")
+
+    server.buffer.update_priorities = broken_update  # type: ignore[method-assign]
+    learner, enc = _dealer(ctx, server), Encoder("learner")
+    arrays = {"index": np.zeros(4, np.int64), "id": np.zeros(4, np.int64), "priority": np.ones(4, np.float32)}
+    for _ in range(3):
+        learner.send_multipart(enc("priorities", arrays=arrays))
+    _wait_for(lambda: server.rejected["internal_error"] == 3)
+    learner.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
+    assert _reply(learner).kind == "batch"
+    assert _stats(learner)["rejected"]["internal_error"] == 3 and len(calls) == 3
