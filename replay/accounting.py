@@ -19,6 +19,10 @@ own `dropped` (batches it never sent, at shutdown) completes the actor's total. 
 killed stays open: what reached replay is still accounted exactly, the tail in the dead actor's queue is
 not knowable by anyone. The ledger is part of replay snapshots, so a server restored from one detects
 as lost what its previous incarnation stored after the snapshot.
+
+The ledger is bounded (MAX_STREAMS): peers choose stream ids, and each one is a record. When full, the
+stream closed longest ago is forgotten, its columns kept in `forgotten` (and so in the totals); with
+every stream still open, a new stream is refused (the server rejects its messages as too_many_streams).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 
 MAX_GAPS = 256
+MAX_STREAMS = 4096
 UNNUMBERED = ""  # producers that send no stream id are accounted per actor index, without loss detection
 
 
@@ -117,18 +122,36 @@ class StreamRecord:
 class Ledger:
     """The per-stream books of one replay server (and of its snapshots)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = MAX_STREAMS) -> None:
         self.streams: dict[tuple[int, str], StreamRecord] = {}
+        self.max_streams = max_streams
+        self._closed: dict[tuple[int, str], None] = {}  # keys of closed streams, in the order they closed
+        self.forgotten: Counter[str] = Counter()
+        """the columns of closed streams dropped from the books to make room, and how many (`streams`)"""
 
-    def _record(self, actor_index: int, stream: str) -> StreamRecord:
+    def _record(self, actor_index: int, stream: str) -> StreamRecord | None:
         key = (actor_index, stream)
         record = self.streams.get(key)
         if record is None:
+            if len(self.streams) >= self.max_streams and not self._forget_oldest_closed():
+                return None
             record = self.streams[key] = StreamRecord(actor_index, stream)
         return record
 
-    def arrived(self, meta: dict[str, Any], count: int) -> tuple[StreamRecord, bool]:
-        """Note a message's position in its stream; False when it does not belong there.
+    def _forget_oldest_closed(self) -> bool:
+        if not self._closed:
+            return False
+        key = next(iter(self._closed))
+        del self._closed[key]
+        record = self.streams.pop(key)
+        for column, n in _columns(record).items():
+            self.forgotten[column] += n
+        self.forgotten["streams"] += 1
+        return True
+
+    def arrived(self, meta: dict[str, Any], count: int) -> tuple[StreamRecord | None, bool]:
+        """Note a message's position in its stream; False when it does not belong there (and no record
+        when the ledger is full of open streams).
 
         A gap before it is counted as lost; a late message that fits a gap fills it. One that overlaps
         what already arrived (a duplicate), or comes after the stream's end, is not part of the stream:
@@ -136,6 +159,8 @@ class Ledger:
         columns summed.
         """
         record = self._record(int(meta.get("actor_index", -1)), str(meta.get("stream", UNNUMBERED)))
+        if record is None:
+            return None, False
         if record.stream == UNNUMBERED or "sent_before" not in meta:
             record.base = 0
             record.received_upto += count
@@ -152,9 +177,12 @@ class Ledger:
         record.received_upto = sent_before + count
         return record, True
 
-    def ended(self, meta: dict[str, Any]) -> StreamRecord:
-        """The actor's stream_end: its total closes the books, anything not yet seen is lost."""
+    def ended(self, meta: dict[str, Any]) -> StreamRecord | None:
+        """The actor's stream_end: its total closes the books, anything not yet seen is lost (None: the
+        ledger is full of open streams and this one is new)."""
         record = self._record(int(meta["actor_index"]), str(meta["stream"]))
+        if record is None:
+            return None
         sent = int(meta["sent"])
         if record.base < 0:
             record.base = record.received_upto = 0
@@ -163,22 +191,19 @@ class Ledger:
             record.received_upto = sent
         record.sent = sent
         record.actor_dropped = int(meta["dropped"])
+        self._closed[(record.actor_index, record.stream)] = None
         return record
 
     # ---- reporting ----------------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
-        out = Counter()
+        out = Counter({column: n for column, n in self.forgotten.items() if column != "streams"})
         for r in self.streams.values():
-            out["stored"] += r.stored
-            out["rejected"] += sum(r.rejected.values())
-            out["dropped"] += r.dropped
-            out["lost"] += r.lost
-            out["actor_dropped"] += r.actor_dropped
+            out.update(_columns(r))
         return dict(out)
 
     def to_json(self) -> dict[str, Any]:
         rows = [r.to_dict() for _, r in sorted(self.streams.items())]
-        return {"streams": rows, "totals": self.totals()}
+        return {"streams": rows, "forgotten": dict(self.forgotten), "totals": self.totals()}
 
     @staticmethod
     def describe(r: StreamRecord) -> str:
@@ -196,12 +221,32 @@ class Ledger:
 
     # ---- snapshots: plain bytes, never pickle -------------------------------------------------
     def to_array(self) -> np.ndarray:
-        return np.frombuffer(json.dumps(self.to_json()["streams"]).encode(), dtype=np.uint8).copy()
+        data = {"streams": self.to_json()["streams"], "forgotten": dict(self.forgotten)}
+        return np.frombuffer(json.dumps(data).encode(), dtype=np.uint8).copy()
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> Ledger:
         ledger = cls()
-        for row in json.loads(bytes(np.asarray(array, dtype=np.uint8)).decode()):
+        data = json.loads(bytes(np.asarray(array, dtype=np.uint8)).decode())
+        if isinstance(data, list):  # snapshots from before the ledger was bounded
+            data = {"streams": data, "forgotten": {}}
+        ledger.forgotten = Counter({str(k): int(v) for k, v in data["forgotten"].items()})
+        for row in data["streams"]:
             record = StreamRecord.from_dict(row)
             ledger.streams[(record.actor_index, record.stream)] = record
+        for key, record in ledger.streams.items():
+            if record.closed:
+                ledger._closed[key] = None
+        while len(ledger.streams) > ledger.max_streams and ledger._forget_oldest_closed():
+            pass
         return ledger
+
+
+def _columns(r: StreamRecord) -> dict[str, int]:
+    return {
+        "stored": r.stored,
+        "rejected": sum(r.rejected.values()),
+        "dropped": r.dropped,
+        "lost": r.lost,
+        "actor_dropped": r.actor_dropped,
+    }

@@ -194,6 +194,9 @@ class ReplayServer:
             self._reject("bad_count", f"count {meta.get('count')} for {count} rows, from actor {meta['actor_index']}")
             return None
         record, in_order = self.ledger.arrived(meta, count)
+        if record is None:
+            self._reject("too_many_streams", f"ledger full of open streams, from actor {meta['actor_index']}")
+            return None
         if not in_order:
             self._reject("out_of_order", f"actor {meta['actor_index']} stream {meta.get('stream')}")
             return None
@@ -266,6 +269,9 @@ class ReplayServer:
 
     def _end_stream(self, meta: dict) -> None:
         record = self.ledger.ended(meta)
+        if record is None:
+            self._reject("too_many_streams", f"{self.ledger.max_streams} streams open, stream_end of a new one")
+            return
         log.info("stream closed: %s", self.ledger.describe(record))
 
     def _can_insert(self, count: int) -> bool:
@@ -449,7 +455,7 @@ class ReplayServer:
         attributable = isinstance(claimed, int) and 0 <= claimed <= self.max_insert and meta.get("sent_before", 0) >= 0
         if record is None and attributable:
             record, in_order = self.ledger.arrived(meta, claimed)
-            record, count = (record, claimed) if in_order else (None, 0)
+            record, count = (record, claimed) if in_order and record is not None else (None, 0)
         if record is not None:
             record.rejected[reason] += count
         total = sum(self.rejected.values())

@@ -180,3 +180,34 @@ def test_an_exception_in_one_message_is_counted_and_the_server_goes_on(server: R
     learner.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
     assert _reply(learner).kind == "batch"
     assert _stats(learner)["rejected"]["internal_error"] == 3 and len(calls) == 3
+
+
+# ---- 3. the stream ledger is bounded ---------------------------------------------------------------
+
+
+@pytest.fixture
+def unlimited_server() -> Iterator[ReplayServer]:
+    """No rate limiter: thousands of one-row inserts are stored as fast as they come."""
+    yield from _start(["replay.min_size=128", "replay.samples_per_insert=0"])
+
+
+def test_the_stream_ledger_is_bounded(unlimited_server: ReplayServer, ctx) -> None:
+    srv = unlimited_server
+    cap = srv.ledger.max_streams
+    push, enc = _push(ctx, srv), Encoder("actor")
+
+    def send(stream: str) -> None:
+        meta = {"actor_index": 1, "stream": stream, "sent_before": 0, "count": 1}
+        push.send_multipart(enc("transitions", meta, _transitions(1)))
+
+    for i in range(cap):
+        send(f"s{i}")
+    _wait_for(lambda: srv.buffer.inserted_total == cap)
+    send("new")  # every stream open: a new one is refused, counted, and not silently dropped
+    _wait_for(lambda: srv.rejected["too_many_streams"] == 1)
+    assert len(srv.ledger.streams) == cap
+    push.send_multipart(enc("stream_end", {"actor_index": 1, "stream": "s0", "sent": 1, "dropped": 0}))
+    send("new")  # now the closed stream makes room: forgotten, its columns kept in the totals
+    _wait_for(lambda: srv.buffer.inserted_total == cap + 1)
+    assert len(srv.ledger.streams) == cap and (1, "s0") not in srv.ledger.streams
+    assert srv.ledger.forgotten["streams"] == 1 and srv.ledger.totals()["stored"] == cap + 1
