@@ -104,6 +104,13 @@ class ReplayConfig:
     frames_per_transition: float = 1.0
     """frame_dedup's frame ring size per transition slot (Pong and Breakout use 0.8-1.0; if a game
     needs more, fewer transitions fit)"""
+    max_abs_obs: float = 1e6
+    """float observations beyond +-this (where the env's observation space is unbounded) are refused:
+    finite but huge values would poison the learner"""
+    max_abs_reward: float = 1e6
+    """transitions whose |reward| exceeds this are refused"""
+    max_priority: float = 1e6
+    """priorities (from actors or the learner) above this are refused"""
 
     def __post_init__(self) -> None:
         _check(self.capacity >= 1, "replay.capacity", "must be >= 1")
@@ -115,6 +122,9 @@ class ReplayConfig:
         _check(self.rate_tolerance >= 0, "replay.rate_tolerance", "must be >= 0")
         _check(self.snapshot_interval_s >= 0, "replay.snapshot_interval_s", "must be >= 0 (0: no timed snapshots)")
         _check(0 < self.frames_per_transition <= 16, "replay.frames_per_transition", "must be in (0, 16]")
+        for name in ("max_abs_obs", "max_abs_reward", "max_priority"):
+            value = getattr(self, name)
+            _check(0 < value < float("inf"), f"replay.{name}", f"must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)

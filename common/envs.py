@@ -13,7 +13,7 @@ import contextlib
 import functools
 import importlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -40,6 +40,10 @@ class EnvSpec:
     obs_shape: tuple[int, ...]
     obs_dtype: np.dtype
     num_actions: int
+    obs_low: np.ndarray | None = field(default=None, compare=False)
+    """the observation space's bounds (obs_shape, float64; +-inf where unbounded): replay refuses
+    observations outside them. None: no bounds known"""
+    obs_high: np.ndarray | None = field(default=None, compare=False)
 
 
 def _make_kwargs(config: EnvConfig) -> dict:
@@ -106,7 +110,8 @@ def env_spec(config: EnvConfig) -> EnvSpec:
         raise ConfigError(f"env.id: {config.id} has a {type(action_space).__name__} action space; DQN needs Discrete")
     if not isinstance(obs_space, gym.spaces.Box):
         raise ConfigError(f"env.id: {config.id} has a {type(obs_space).__name__} observation space; need a Box")
-    return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n))
+    low, high = (np.broadcast_to(np.asarray(b, np.float64), obs_space.shape) for b in (obs_space.low, obs_space.high))
+    return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n), low, high)
 
 
 def make_env(config: EnvConfig, training: bool = True, render_mode: str | None = None) -> gym.Env:

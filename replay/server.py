@@ -40,6 +40,7 @@ from replay.frame_storage import FrameReplayBuffer
 from replay.pending import PendingSample, PendingSamples
 from replay.rate_limiter import SampleToInsertRatio
 from replay.snapshot import SnapshotInfo, load_snapshot, write_snapshot
+from replay.validation import MagnitudeLimits
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class ReplayServer:
             rc.samples_per_insert, rc.min_size, rc.rate_tolerance, config.actor.send_size, config.learner.batch_size
         )
         self.max_insert = config.actor.send_size
+        self.limits = MagnitudeLimits(spec, rc)
         self.rejected: Counter[str] = Counter()
         self.stored_by_actor: Counter[int] = Counter()
         self.ledger = Ledger()
@@ -210,12 +212,15 @@ class ReplayServer:
             (any(a[k].shape != (count,) for k in VECTORS), "bad_shape"),
             (bool(((a["action"] < 0) | (a["action"] >= self.spec.num_actions)).any()), "bad_action"),
             (bool(((a["discount"] < 0) | (a["discount"] > 1)).any()), "bad_discount"),
-            (bool((a["priority"] < 0).any()), "bad_priority"),
         )
         for failed, reason in checks:
             if failed:
                 self._reject(reason, f"from actor {meta['actor_index']}", record=record, count=count)
                 return None
+        problem = self.limits.check_insert(msg.kind, a)
+        if problem is not None:
+            self._reject(problem[0], f"{problem[1]}, from actor {meta['actor_index']}", record=record, count=count)
+            return None
         return msg, count, record
 
     def _check_observations(self, msg: Message, count: int) -> tuple[str, str] | None:
@@ -429,8 +434,9 @@ class ReplayServer:
             if bool(((index < 0) | (index >= self.buffer.capacity)).any()):
                 self._reject("bad_priorities", "index out of range")
                 return
-            if bool((a["priority"] < 0).any()):
-                self._reject("bad_priorities", "negative priority")
+            problem = self.limits.check_priorities(a["priority"])
+            if problem is not None:
+                self._reject("bad_priorities", problem)
                 return
             self.buffer.update_priorities(index, a["id"], a["priority"])
         elif msg.kind == "snapshot_request":

@@ -389,3 +389,10 @@ def test_a_welcome_config_with_unknown_settings_is_taken_without_them() -> None:
     config = RunConfig.from_dict(data, skipped=skipped)
     assert sorted(skipped) == ["learner.future_knob", "telemetry"]
     assert config == load_config("cartpole", [])
+
+
+@pytest.mark.parametrize("name", ["max_abs_obs", "max_abs_reward", "max_priority"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_replay_magnitude_limits_must_be_finite_and_positive(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"replay.{name}: must be a finite number > 0"):
+        load_config("cartpole", [f"replay.{name}={value}"])

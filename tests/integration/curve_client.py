@@ -20,14 +20,14 @@ from common.wire import DecodeError, Encoder, decode
 
 
 def transitions(n: int) -> dict[str, np.ndarray]:
-    """A valid CartPole batch (obs of 4 float32s, actions 0/1)."""
+    """A valid CartPole batch (obs of 4 float32s near the start state, inside the observation space)."""
     rng = np.random.default_rng(n)
     return {
-        "obs": rng.standard_normal((n, 4)).astype(np.float32),
+        "obs": (0.05 * rng.standard_normal((n, 4))).astype(np.float32),
         "action": np.zeros(n, np.int64),
         "reward": np.ones(n, np.float32),
         "discount": np.full(n, 0.97, np.float32),
-        "next_obs": rng.standard_normal((n, 4)).astype(np.float32),
+        "next_obs": (0.05 * rng.standard_normal((n, 4))).astype(np.float32),
         "priority": np.ones(n, np.float32),
         "version": np.zeros(n, np.int64),
     }

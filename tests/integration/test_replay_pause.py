@@ -36,18 +36,21 @@ BACK_WITHIN_S = 5.0
 
 
 def _fill(port: int, count: int = 512) -> None:
-    """Transitions whose observations say which insert they are: obs = id, next_obs = id + 0.5."""
+    """Transitions whose observations say which insert they are: obs[1] = id, next_obs[3] = id + 0.5 (the
+    velocities, which CartPole's observation space leaves unbounded; position and angle stay 0)."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{port}")
     for seq in range(count // 64):
-        ids = np.repeat(np.arange(seq * 64, (seq + 1) * 64, dtype=np.float32)[:, None], 4, axis=1)
+        ids = np.arange(seq * 64, (seq + 1) * 64, dtype=np.float32)
+        obs, next_obs = np.zeros((64, 4), np.float32), np.zeros((64, 4), np.float32)
+        obs[:, 1], next_obs[:, 3] = ids, ids + 0.5
         arrays = {
-            "obs": ids,
+            "obs": obs,
             "action": np.zeros(64, np.int64),
             "reward": np.ones(64, np.float32),
             "discount": np.full(64, 0.97, np.float32),
-            "next_obs": ids + 0.5,
+            "next_obs": next_obs,
             "priority": np.ones(64, np.float32),
             "version": np.zeros(64, np.int64),
         }
@@ -58,7 +61,7 @@ def _fill(port: int, count: int = 512) -> None:
 
 def _identified(batch) -> bool:
     ids = torch.from_numpy(batch.id.astype(np.float32))
-    return bool(torch.equal(batch.obs[:, 0], ids) and torch.equal(batch.next_obs[:, 3], ids + 0.5))
+    return bool(torch.equal(batch.obs[:, 1], ids) and torch.equal(batch.next_obs[:, 3], ids + 0.5))
 
 
 def _batches(client: ReplayClient, count: int, timeout_s: float) -> float | None:

@@ -30,11 +30,11 @@ ALPHA, EPS = 0.6, 1e-6  # replay.alpha above and ReplayBuffer's default priority
 def _transitions(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "obs": rng.standard_normal((BATCH, 4)).astype(np.float32),
+        "obs": (0.05 * rng.standard_normal((BATCH, 4))).astype(np.float32),
         "action": rng.integers(0, 2, BATCH).astype(np.int64),
         "reward": rng.standard_normal(BATCH).astype(np.float32),
         "discount": np.full(BATCH, 0.99**3, dtype=np.float32),
-        "next_obs": rng.standard_normal((BATCH, 4)).astype(np.float32),
+        "next_obs": (0.05 * rng.standard_normal((BATCH, 4))).astype(np.float32),
         "priority": rng.uniform(0.1, 2.0, BATCH).astype(np.float32),
         "version": np.zeros(BATCH, dtype=np.int64),
     }

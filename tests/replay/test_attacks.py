@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from common.config import load_config
-from common.envs import EnvSpec
+from common.envs import EnvSpec, env_spec
 from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.server import ReplayServer
@@ -211,3 +211,59 @@ def test_the_stream_ledger_is_bounded(unlimited_server: ReplayServer, ctx) -> No
     _wait_for(lambda: srv.buffer.inserted_total == cap + 1)
     assert len(srv.ledger.streams) == cap and (1, "s0") not in srv.ledger.streams
     assert srv.ledger.forgotten["streams"] == 1 and srv.ledger.totals()["stored"] == cap + 1
+
+
+# ---- 4. magnitudes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cartpole_server() -> Iterator[ReplayServer]:
+    """The real CartPole observation space: x in [-4.8, 4.8] (refused beyond +-14.4), angle in [-0.42, 0.42], velocities unbounded."""
+    config = load_config("cartpole", ["replay.capacity=4000", "replay.min_size=128", "replay.samples_per_insert=0"])
+    config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
+    srv = ReplayServer(config, env_spec(config.env))
+    stop = threading.Event()
+    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
+    thread.start()
+    yield srv
+    stop.set()
+    thread.join(5)
+    srv.close()
+
+
+def test_huge_magnitudes_are_refused_and_accounted(cartpole_server: ReplayServer, ctx) -> None:
+    srv = cartpole_server
+    push, enc = _push(ctx, srv), Encoder("actor")
+    sent = 0
+    hostile = []
+    for column, row, value in [
+        ("obs", (0, 1), 3e38),  # an unbounded velocity, beyond replay.max_abs_obs
+        ("next_obs", (1, 0), 15.0),  # the cart's position, beyond [-4.8, 4.8] by more than its width
+        ("reward", (2,), 1e7),
+        ("priority", (3,), 1e30),
+    ]:
+        data = _transitions(8)
+        data[column][row] = value
+        hostile.append(data)
+    reasons = ["obs_out_of_bounds", "obs_out_of_bounds", "reward_out_of_range", "bad_priority"]
+    for data in [*hostile, _transitions(8)]:
+        meta = {"actor_index": 2, "stream": "st", "sent_before": sent, "count": 8}
+        push.send_multipart(enc("transitions", meta, data))
+        sent += 8
+    _wait_for(lambda: srv.buffer.inserted_total == 8)
+    assert srv.rejected["obs_out_of_bounds"] == 2 and srv.rejected["reward_out_of_range"] == 1
+    assert srv.rejected["bad_priority"] == 1
+    record = srv.ledger.streams[(2, "st")]  # nothing silently lost: the refused rows are in the books
+    assert record.stored == 8 and sum(record.rejected.values()) == 32 and record.lost == 0
+    assert set(record.rejected) == set(reasons)
+
+    learner, lenc = _dealer(ctx, srv), Encoder("learner")
+    for priority in (1e30, -1.0):
+        arrays = {
+            "index": np.zeros(4, np.int64),
+            "id": np.zeros(4, np.int64),
+            "priority": np.full(4, priority, np.float32),
+        }
+        learner.send_multipart(lenc("priorities", arrays=arrays))
+    _wait_for(lambda: srv.rejected["bad_priorities"] == 2)
+    assert srv.buffer.max_priority <= 1.0
