@@ -218,7 +218,8 @@ def test_the_stream_ledger_is_bounded(unlimited_server: ReplayServer, ctx) -> No
 
 @pytest.fixture
 def cartpole_server() -> Iterator[ReplayServer]:
-    """The real CartPole observation space: x in [-4.8, 4.8] (refused beyond +-14.4), angle in [-0.42, 0.42], velocities unbounded."""
+    """The real CartPole observation space: x in [-4.8, 4.8] (refused beyond +-14.4), angle in [-0.42, 0.42],
+    velocities unbounded."""
     config = load_config("cartpole", ["replay.capacity=4000", "replay.min_size=128", "replay.samples_per_insert=0"])
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, env_spec(config.env))
