@@ -111,6 +111,9 @@ class ReplayConfig:
     """transitions whose |reward| exceeds this are refused"""
     max_priority: float = 1e6
     """priorities (from actors or the learner) above this are refused"""
+    stop_grace_s: float = 3.0
+    """at a stop, how long replay keeps reading ingest for the stream_end of streams still open (it
+    stops sooner once they have all ended) before it writes the accounting ledger"""
 
     def __post_init__(self) -> None:
         _check(self.capacity >= 1, "replay.capacity", "must be >= 1")
@@ -122,6 +125,7 @@ class ReplayConfig:
         _check(self.rate_tolerance >= 0, "replay.rate_tolerance", "must be >= 0")
         _check(self.snapshot_interval_s >= 0, "replay.snapshot_interval_s", "must be >= 0 (0: no timed snapshots)")
         _check(0 < self.frames_per_transition <= 16, "replay.frames_per_transition", "must be in (0, 16]")
+        _check(0 <= self.stop_grace_s <= 600, "replay.stop_grace_s", "must be in [0, 600] seconds")
         for name in ("max_abs_obs", "max_abs_reward", "max_priority"):
             value = getattr(self, name)
             _check(0 < value < float("inf"), f"replay.{name}", f"must be a finite number > 0, got {value!r}")

@@ -194,6 +194,10 @@ class Ledger:
         self._closed[(record.actor_index, record.stream)] = None
         return record
 
+    def open_streams(self) -> int:
+        """Streams that have not sent their stream_end (unnumbered producers never do)."""
+        return sum(1 for r in self.streams.values() if not r.closed and r.stream != UNNUMBERED)
+
     # ---- reporting ----------------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
         out = Counter({column: n for column, n in self.forgotten.items() if column != "streams"})

@@ -48,8 +48,7 @@ POLL_MS = 50
 ACTOR_COUNTS_KEY = "server.stored_by_actor"  # (K, 2) int64 rows of (actor index, transitions stored)
 LEDGER_KEY = "server.ledger"  # the per-stream accounting as JSON bytes (uint8)
 ACCOUNTING_FILE = "accounting.json"
-DRAIN_QUIET_S = 0.3  # at a stop, read what actors still send (their stream_end) until quiet this long ...
-DRAIN_MAX_S = 1.5  # ... or this long in all
+DRAIN_QUEUED_MAX = 4096  # messages read per ingest socket at a stop after the grace, so a flood cannot hold it
 INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
 LEARNER_KINDS = ("sample", "priorities", "snapshot_request")  # with authentication on, the learner key's only
 BATCH_FILES_KEPT = 4  # learners' batch files kept mapped (one per learner; a restarted learner makes a new one)
@@ -658,25 +657,51 @@ class ReplayServer:
         self._exit_snapshot()
 
     def _drain_at_stop(self) -> None:
-        """Close the books: what is held or still queued is dropped (counted), and late stream_ends land.
+        """Close the books: what is held or still arrives is dropped (counted), and late stream_ends land.
 
-        Actors stopping at the same time send their stream_end last; reading until the socket is quiet
-        (bounded) lets those arrive, so their streams close with exact totals.
+        Actors stopping at the same time as replay flush and send their stream_end last, so replay keeps
+        reading every ingest socket until no stream is open or replay.stop_grace_s has passed; a stream
+        still open then (its actor died, or never heard the stop) stays open in the ledger.
         """
         if self._held is not None:
             _msg, count, record = self._held
             record.dropped += count
             self._held = None
-        deadline = time.monotonic() + DRAIN_MAX_S
-        while time.monotonic() < deadline:
-            if not self.ingest.poll(int(DRAIN_QUIET_S * 1000), zmq.POLLIN):
-                break
-            decoded = self._decode_insert(self.ingest.recv_multipart(copy=False))
-            if decoded is not None:
-                _msg, count, record = decoded
-                record.dropped += count
+        sockets = [sock for sock in (self.ingest, self.local_ingest) if sock is not None]
+        poller = zmq.Poller()
+        for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + self.config.replay.stop_grace_s
+        while self.ledger.open_streams() and (left := deadline - time.monotonic()) > 0:
+            for sock, _event in poller.poll(max(1, min(POLL_MS, int(left * 1000)))):
+                self._drain_one(sock)
+        for sock in sockets:  # what is queued already is counted too, however the wait ended (bounded)
+            for _ in range(DRAIN_QUEUED_MAX):
+                if not self._drain_one(sock, zmq.NOBLOCK):
+                    break
+        if self.ledger.open_streams():
+            log.info(
+                "stopped with %d streams still open after %.1f s",
+                self.ledger.open_streams(),
+                self.config.replay.stop_grace_s,
+            )
         for line in self.ledger.summary_lines():
             log.info("accounting: %s", line)
+
+    def _drain_one(self, sock: zmq.Socket, flags: int = 0) -> bool:
+        try:
+            frames = sock.recv_multipart(flags, copy=False)
+        except zmq.Again:
+            return False
+        try:
+            decoded = self._decode_insert(frames)
+        except Exception as err:  # one message never ends the server: count it and go on
+            self._reject("internal_error", f"{type(err).__name__}: {str(err)[:200]!r}")
+            return True
+        if decoded is not None:
+            _msg, count, record = decoded
+            record.dropped += count
+        return True
 
     def _write_accounting(self) -> None:
         """RUN_DIR/replay/accounting.json: the per-stream ledger, replaced atomically."""

@@ -396,3 +396,9 @@ def test_a_welcome_config_with_unknown_settings_is_taken_without_them() -> None:
 def test_replay_magnitude_limits_must_be_finite_and_positive(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"replay.{name}: must be a finite number > 0"):
         load_config("cartpole", [f"replay.{name}={value}"])
+
+
+@pytest.mark.parametrize("value", ["-1", "601", "nan"])
+def test_stop_grace_must_be_a_bounded_number_of_seconds(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"replay.stop_grace_s: must be in \[0, 600\]"):
+        load_config("cartpole", [f"replay.stop_grace_s={value}"])

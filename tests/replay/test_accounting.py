@@ -197,6 +197,41 @@ def test_what_is_still_queued_at_a_stop_is_dropped_and_counted(config, push_ctx:
     assert record.lost == 0 and record.balanced()
 
 
+def test_a_stream_end_sent_after_the_stop_still_closes_the_books(config, push_ctx, tmp_path: Path) -> None:
+    # The learner exits, replay is told to stop, and the actors' flush and stream_end come a moment later.
+    running = _Running(ReplayServer(config, SPEC, run_dir=tmp_path))
+    push = push_ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{config.net.ingest_port}")
+    send = Encoder("actor-2")
+    push.send_multipart(send("transitions", _meta(0, 64, stream="late", actor=2), _transitions(64)))
+    server = running.server
+    _wait_for(lambda: server.buffer.inserted_total == 64)
+    running.stop.set()
+    time.sleep(1.0)
+    assert running.thread.is_alive(), "replay stopped reading while a stream was still open"
+    push.send_multipart(send("transitions", _meta(64, 64, stream="late", actor=2), _transitions(64)))
+    push.send_multipart(send("stream_end", {"actor_index": 2, "stream": "late", "sent": 128, "dropped": 0}))
+    running.thread.join(config.replay.stop_grace_s)
+    assert not running.thread.is_alive(), "replay waited on after every stream had ended"
+    server.close()
+    record = server.ledger.streams[(2, "late")]
+    assert record.closed and record.stored == 64 and record.dropped == 64 and record.lost == 0
+    (row,) = json.loads((tmp_path / "replay" / "accounting.json").read_text())["streams"]
+    assert row["closed"] and row["balanced"] and row["dropped"] == 64
+
+
+def test_a_stream_that_never_ends_holds_the_stop_only_for_the_grace(config, push_ctx) -> None:
+    config = dataclasses.replace(config, replay=dataclasses.replace(config.replay, stop_grace_s=0.5))
+    running = _Running(ReplayServer(config, SPEC))
+    push = push_ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{config.net.ingest_port}")
+    push.send_multipart(Encoder("actor-3")("transitions", _meta(0, 64, stream="dead", actor=3), _transitions(64)))
+    _wait_for(lambda: running.server.buffer.inserted_total == 64)
+    running.finish()  # joins for at most 10 s
+    assert not running.thread.is_alive()
+    assert not running.server.ledger.streams[(3, "dead")].closed
+
+
 def test_a_restored_server_counts_what_its_predecessor_lost(config, push_ctx: zmq.Context, tmp_path: Path) -> None:
     config = dataclasses.replace(config, replay=dataclasses.replace(config.replay, snapshot_interval_s=3600.0))
     running = _Running(ReplayServer(config, SPEC, run_dir=tmp_path))
