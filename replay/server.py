@@ -48,6 +48,7 @@ POLL_MS = 50
 ACTOR_COUNTS_KEY = "server.stored_by_actor"  # (K, 2) int64 rows of (actor index, transitions stored)
 LEDGER_KEY = "server.ledger"  # the per-stream accounting as JSON bytes (uint8)
 ACCOUNTING_FILE = "accounting.json"
+STREAM_LINES = 100  # "stream closed" lines logged one by one; after that one in a thousand
 DRAIN_QUEUED_MAX = 4096  # messages read per ingest socket at a stop after the grace, so a flood cannot hold it
 INGEST_KINDS = ("transitions", "frame_transitions", "stream_end")
 LEARNER_KINDS = ("sample", "priorities", "snapshot_request")  # with authentication on, the learner key's only
@@ -133,6 +134,7 @@ class ReplayServer:
         self.rejected: Counter[str] = Counter()
         self.stored_by_actor: Counter[int] = Counter()
         self.ledger = Ledger()
+        self._streams_closed = 0
         self._held: tuple[Message, int, StreamRecord] | None = None  # a decoded insert waiting for the limiter
         self._pending = PendingSamples()
         # The largest batch this server could ever serve: a larger request would wait forever.
@@ -276,7 +278,9 @@ class ReplayServer:
         if record is None:
             self._reject("too_many_streams", f"{self.ledger.max_streams} streams open, stream_end of a new one")
             return
-        log.info("stream closed: %s", self.ledger.describe(record))
+        self._streams_closed += 1
+        if self._streams_closed <= STREAM_LINES or self._streams_closed % 1000 == 0:  # churn cannot fill the log
+            log.info("stream closed: %s [%d closed so far]", self.ledger.describe(record), self._streams_closed)
 
     def _can_insert(self, count: int) -> bool:
         if self.limiter is None:
@@ -380,7 +384,9 @@ class ReplayServer:
 
     def _reply(self, identity: bytes, kind: str, meta: dict, arrays: dict | None = None) -> None:
         try:
-            self.requests.send_multipart([identity, *self._encode(kind, meta, arrays)], copy=False)
+            # NOBLOCK: with ROUTER_MANDATORY a blocking send waits for a peer whose queue is full, so one
+            # peer that never reads its replies would freeze the server.
+            self.requests.send_multipart([identity, *self._encode(kind, meta, arrays)], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as err:  # the peer went away (ROUTER_MANDATORY) or its queue is full
             self.rejected["reply_failed"] += 1
             log.debug("reply %s failed: %s", kind, err)

@@ -4,9 +4,12 @@ is refused and counted, and the server keeps serving the well-behaved peers."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +146,33 @@ def test_pending_samples_are_bounded_per_peer_and_in_total(waiting_server: Repla
     _wait_for(lambda: len(srv._pending) + srv.rejected["pending_full"] == 64 + 16 * 64)
     assert len(srv._pending) == 1024 and srv.rejected["pending_full"] == 64
     assert _stats(_dealer(ctx, srv))["rejected"]["pending_full"] == 64
+
+
+_DEAF_PEER = """
+import sys, time, zmq
+from common.wire import Encoder
+deaf = zmq.Context().socket(zmq.DEALER)
+deaf.setsockopt(zmq.RCVHWM, 1)
+deaf.setsockopt(zmq.RCVBUF, 4096)  # the kernel holds little for it either
+deaf.setsockopt(zmq.SNDHWM, 100_000)
+deaf.connect(sys.argv[1])
+for _ in range(40_000):  # each answered; the replies fill its queue, which it never reads
+    deaf.send_multipart(Encoder("deaf")("stats_request"))
+time.sleep(120)
+"""
+
+
+def test_a_peer_that_never_reads_its_replies_cannot_freeze_the_server(server: ReplayServer, ctx) -> None:
+    # In its own process: libzmq may abort a process that tears down a socket in this state.
+    address = f"tcp://127.0.0.1:{server.config.net.sample_port}"
+    deaf = subprocess.Popen([sys.executable, "-c", _DEAF_PEER, address], cwd=Path(__file__).resolve().parents[2])
+    try:
+        _wait_for(lambda: server.rejected["reply_failed"] > 0, timeout=60)
+        stats = _stats(_dealer(ctx, server))  # a well-behaved peer is still answered
+        assert stats["rejected"]["reply_failed"] > 0
+    finally:
+        deaf.kill()
+        deaf.wait()
 
 
 # ---- 2. integer ranges -----------------------------------------------------------------------------
