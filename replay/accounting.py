@@ -34,8 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from common.safe_log import printable
+
 MAX_GAPS = 256
 MAX_STREAMS = 4096
+SUMMARY_LINES = 64  # per-stream lines logged at exit
 UNNUMBERED = ""  # producers that send no stream id are accounted per actor index, without loss detection
 
 
@@ -212,7 +215,7 @@ class Ledger:
     @staticmethod
     def describe(r: StreamRecord) -> str:
         base = max(r.base, 0)
-        head = f"actor {r.actor_index} stream {r.stream or '-'}"
+        head = f"actor {r.actor_index} stream {printable(r.stream) if r.stream else '-'}"  # peer text: escaped
         sent = f"sent {r.sent - base}" if r.sent is not None else f"open, received {r.received_upto - base}"
         rejected = sum(r.rejected.values())
         return (
@@ -220,8 +223,13 @@ class Ledger:
             f"{'' if r.balanced() else ' (UNBALANCED)'}; the actor dropped {r.actor_dropped} unsent"
         )
 
-    def summary_lines(self) -> list[str]:
-        return [self.describe(r) for _, r in sorted(self.streams.items())]
+    def summary_lines(self, limit: int = SUMMARY_LINES) -> list[str]:
+        """One line per stream, the first `limit` of them (accounting.json has every row)."""
+        rows = sorted(self.streams.items())
+        lines = [self.describe(r) for _, r in rows[:limit]]
+        if len(rows) > limit:
+            lines.append(f"... and {len(rows) - limit} more streams (see accounting.json)")
+        return lines
 
     # ---- snapshots: plain bytes, never pickle -------------------------------------------------
     def to_array(self) -> np.ndarray:
