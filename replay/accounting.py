@@ -28,6 +28,7 @@ every stream still open, a new stream is refused (the server rejects its message
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from common.safe_log import printable
+
+log = logging.getLogger("replay.server")  # refusals read as the server's own lines
 
 MAX_GAPS = 256
 MAX_STREAMS = 4096
@@ -262,3 +265,33 @@ def _columns(r: StreamRecord) -> dict[str, int]:
         "lost": r.lost,
         "actor_dropped": r.actor_dropped,
     }
+
+
+class Books:
+    """What one replay server refused, by reason, and its per-stream ledger: a refused message that
+    names its stream is also counted in that stream's row, so every transition sent lands in a column."""
+
+    def __init__(self, max_insert: int, ledger: Ledger | None = None) -> None:
+        self.max_insert = max_insert
+        self.rejected: Counter[str] = Counter()
+        self.ledger = ledger if ledger is not None else Ledger()
+
+    def reject(
+        self, reason: str, detail: object, meta: dict | None = None, *, record: StreamRecord | None = None, count=0
+    ) -> None:
+        """Count a refused message by reason, and its transitions in its stream's ledger when it names one.
+
+        `meta` comes from a message whose header was valid but whose arrays were not: its own `count`
+        (bounded by the largest insert) says how many transitions the stream loses to the rejection.
+        """
+        self.rejected[reason] += 1
+        claimed = meta.get("count") if meta is not None else None
+        attributable = isinstance(claimed, int) and 0 <= claimed <= self.max_insert and meta.get("sent_before", 0) >= 0
+        if record is None and attributable:
+            record, in_order = self.ledger.arrived(meta, claimed)
+            record, count = (record, claimed) if in_order and record is not None else (None, 0)
+        if record is not None:
+            record.rejected[reason] += count
+        total = sum(self.rejected.values())
+        if total <= 20 or total % 1000 == 0:
+            log.warning("rejected a message (%s): %s [%d rejected so far]", reason, detail, total)

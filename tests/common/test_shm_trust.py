@@ -176,7 +176,7 @@ def test_a_wrong_token_does_not_make_replay_refuse_the_learners_file_afterwards(
             assert reply.kind == kind, (meta["shm_token"], reply.meta)
             if kind == "batch":
                 assert "token" in reply.meta["shm_refused"]
-        assert server.batches_by_shared_memory == 2 and server.batch_files_refused == 2
+        assert server.batches_by_shared_memory == 2 and server.batch_files.refused == 2
     finally:
         sock.close(linger=0)
         ctx.destroy(linger=0)

@@ -271,7 +271,7 @@ def test_server_without_run_dir_refuses_snapshot_requests(run_server) -> None:
 
 
 def test_server_snapshots_on_a_timer_and_at_exit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="replay.server")
+    caplog.set_level(logging.INFO, logger="replay")
     config = _config("replay.snapshot_interval_s=0.2")
     srv = ReplayServer(config, SPEC, run_dir=tmp_path)
     stop = threading.Event()
