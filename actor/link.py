@@ -100,6 +100,12 @@ class LearnerLink:
         self._warnings = PeerWarnings(log)
         self._full_weights_subscribed = False
         self.received: Counter[str] = Counter()  # weight versions that came by "broadcast" or "shared_memory"
+        # One handler per broadcast kind; each returns the message if it is the newest weights so far.
+        self._on_broadcast: dict[str, Callable[[Message], Message | None]] = {
+            "weights": self._on_weights,
+            "weights_ref": self._follow_ref,
+            "stop": self._on_stop,
+        }
 
     def join(self, actor_index: int, stop: threading.Event, timeout_s: float = JOIN_TIMEOUT_S) -> Welcome:
         """Say hello until the learner answers; a refusal or a silent learner is a clear StartupError.
@@ -220,19 +226,14 @@ class LearnerLink:
             except zmq.Again:
                 break
             try:
-                msg = decode(frames, expect=("weights", "weights_ref", "stop"))
+                msg = decode(frames, expect=tuple(self._on_broadcast))
             except DecodeError as err:
                 self.rejected += 1
                 log.warning("ignored a bad broadcast: %s", err)
                 continue
-            if msg.kind == "stop":
-                self.stop_reason = msg.meta["reason"]
-            elif msg.kind == "weights_ref":
-                self._follow_ref(msg)
-            else:
-                self.received["broadcast"] += 1
-                if self._accept(msg):
-                    newest = msg
+            taken = self._on_broadcast[msg.kind](msg)
+            if taken is not None:
+                newest = taken
         if self.shared is not None:
             shared = self._take_shared(load)
             if shared is not None:
@@ -240,6 +241,13 @@ class LearnerLink:
         if newest is not None and load is not None:
             load(newest.arrays)
         return newest
+
+    def _on_weights(self, msg: Message) -> Message | None:
+        self.received["broadcast"] += 1
+        return msg if self._accept(msg) else None
+
+    def _on_stop(self, msg: Message) -> None:
+        self.stop_reason = msg.meta["reason"]
 
     def _serve_control(self) -> None:
         """Replies outside join and fetch: a learner that restarted without hearing this process's hello

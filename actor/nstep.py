@@ -157,6 +157,30 @@ class NStepBuilder:
         env's Q(obs, action), handed back with the transitions that start here.
         Rows of the result are ordered by env index, then by start step.
         """
+        obs, actions, rewards, terminated, truncated, next_obs = self._check_step(
+            obs, actions, rewards, terminated, truncated, next_obs, action_values
+        )
+        slot = self._slot
+        self._obs[slot] = obs
+        self._act[slot] = actions
+        self._value[slot] = np.nan if action_values is None else action_values
+        self._return[slot] = 0.0
+        self._return += self._term_power[slot] * rewards  # term j = age of each pending start
+        self._slot = (slot + 1) % self.n
+        self._count += self._one
+        return self._emit(slot, terminated, truncated, next_obs)
+
+    def _check_step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: np.ndarray,
+        action_values: np.ndarray | None,
+    ) -> tuple[np.ndarray, ...]:
+        """The step's arrays as numpy (flags as bool), each checked against (E, ...) before anything is stored."""
         e = self.num_envs
         obs = np.asarray(obs)
         next_obs = np.asarray(next_obs)
@@ -177,21 +201,17 @@ class NStepBuilder:
                 raise ValueError(f"{name} must have shape ({e},), got {arr.shape}")
         if action_values is not None and np.shape(action_values) != (e,):
             raise ValueError(f"action_values must have shape ({e},), got {np.shape(action_values)}")
+        return obs, actions, rewards, terminated, truncated, next_obs
 
-        n = self.n
-        slot = self._slot
-        self._obs[slot] = obs
-        self._act[slot] = actions
-        self._value[slot] = np.nan if action_values is None else action_values
-        self._return[slot] = 0.0
-        self._return += self._term_power[slot] * rewards  # term j = age of each pending start
-        self._slot = (slot + 1) % n
-        count = self._count
-        count += self._one
+    def _emit(
+        self, slot: int, terminated: np.ndarray, truncated: np.ndarray, next_obs: np.ndarray
+    ) -> NStepTransitions | None:
+        """The transitions the step just written into `slot` completes, and their starts forgotten.
 
-        # Envs whose episode ended flush every pending start (k = count .. 1 steps); the others emit
-        # their oldest start (k = n) if the window is full. count_nonzero and nonzero rather than any and
-        # flatnonzero: this runs every vector step, and they cost a fraction.
+        Envs whose episode ended flush every pending start (k = count .. 1 steps); the others emit
+        their oldest start (k = n) if the window is full. count_nonzero and nonzero rather than any and
+        flatnonzero: this runs every vector step, and they cost a fraction."""
+        n, count = self.n, self._count
         done = terminated | truncated
         emit = self._age_grid < count[:, None]
         emit &= done[:, None] | self._oldest

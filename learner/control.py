@@ -4,16 +4,16 @@ It owns two sockets: a ROUTER where actors and evaluators say hello (and get the
 global index back), ask for the current weights, and send episode statistics and evaluation results;
 and the PUB socket on which every new weight version and the final stop are broadcast. Publishing from
 this thread keeps the update loop from ever waiting on a slow subscriber. Each version also goes into a
-shared-memory file (`common.shared_weights`), written by the update loop's own call (one copy of the
-parameters, where they are going) and announced by a small `weights_ref`: actors on this host read it
-from there and unsubscribe from the full weights, which this thread then copies out of the file for
-actors elsewhere. The same loop logs peers whose connection to either socket is lost or comes back
-(`common.monitor`); which actor went quiet is told by `report_silent_actors`, from the statistics it
-stopped sending.
+shared-memory file, written by the update loop's own call and announced by a small `weights_ref`
+(`learner.weight_broadcast`). The same loop logs peers whose connection to either socket is lost or
+comes back (`common.monitor`); which actor went quiet is told by `report_silent_actors`, from the
+statistics it stopped sending.
 
-Peers are not trusted: who may report what is `learner.peer_roles`, what their counters may add is
-`learner.actors`, how often the whole network goes out for a `get_weights` is `learner.weight_replies`,
-and one message that breaks a handler is counted and logged, never the end of this thread.
+Each message kind has its handler in one table, and a message turned down is counted, logged and, where
+its sender would otherwise wait, answered in one place (`_reject`). Peers are not trusted: who may
+report what is `learner.peer_roles`, what their counters may add is `learner.actors`, how often the
+whole network goes out for a `get_weights` is `learner.weight_replies`, and one message that breaks a
+handler is counted and logged, never the end of this thread.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import numpy as np
@@ -34,23 +34,22 @@ from common.config import RunConfig
 from common.monitor import ConnectionMonitor
 from common.safe_log import PeerWarnings, printable
 from common.security import ServerSecurity, secure_server
-from common.shared_weights import (
-    LayoutMismatch,
-    NonFinite,
-    SharedWeightsReader,
-    SharedWeightsUnavailable,
-    SharedWeightsWriter,
-    available,
-)
 from common.sockets import bind, make_socket, require_secure_bind
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from learner.actors import MAX_EPISODES_PER_REPORT, ActorRecord, ActorRegistry, Refused, log_expired, log_silence
 from learner.peer_roles import PeerRoles
+from learner.weight_broadcast import WeightBroadcast, WeightRef
 from learner.weight_replies import WeightReplies
 
 log = logging.getLogger(__name__)
 
 CONTROL_KINDS = ("hello", "get_weights", "actor_stats", "eval_result")
+# Arrays that handlers index by, so they must be one-dimensional (the schema fixes only the first dim).
+VECTORS = {"actor_stats": ("episode_returns", "episode_lengths"), "eval_result": ("returns", "lengths")}
+# Decode errors the peer is told of: it speaks another protocol, and retrying will not help.
+TOLD_DECODE_ERRORS = frozenset({"wrong_version", "unknown_kind", "unexpected_kind"})
+# Kinds whose refusal the peer is told of: a refused hello would otherwise wait for a welcome.
+TOLD_REFUSALS = frozenset({"hello"})
 # What the control kinds can carry: a hello or a report of MAX_EPISODES_PER_REPORT episodes is a few KB.
 MAX_CONTROL_MESSAGE_BYTES = 1 << 20
 REPLY_HWM = 16  # replies queued per peer (a few KB each, weights aside): a peer that does not read gets no more
@@ -67,11 +66,7 @@ class ControlServer(threading.Thread):
         self._lock = threading.Lock()
         self._weights: tuple[int, dict[str, np.ndarray]] | None = None
         self._publish_pending = False
-        self._pending: tuple[int, dict[str, np.ndarray] | None, dict[str, str] | None] | None = None
-        self._shared: SharedWeightsWriter | None = None  # written by the update loop's thread
-        self._shared_reader: SharedWeightsReader | None = None  # read by the control thread
-        self._shared_wanted = config.net.shared_memory_weights and available()
-        self._shared_announced = False
+        self._pending: tuple[int, dict[str, np.ndarray] | None, WeightRef | None] | None = None
         self._stop_reason: str | None = None
         self._closing = threading.Event()
         self.registry = ActorRegistry(config)
@@ -82,6 +77,13 @@ class ControlServer(threading.Thread):
         self.eval_results: deque[tuple[int, np.ndarray]] = deque(maxlen=100)
         self._rejected: Counter[str] = Counter()  # by reason, as the replay server counts them
         self.replies_dropped = 0  # to peers gone or not reading
+        # One handler per kind (CONTROL_KINDS), each taking (identity, authenticated role, message).
+        self._handlers: dict[str, Callable[[bytes, str | None, Message], None]] = {
+            "hello": self._hello,
+            "get_weights": self._get_weights,
+            "actor_stats": self._actor_stats,
+            "eval_result": self._eval_result,
+        }
         max_bytes = min(config.net.max_message_mb << 20, MAX_CONTROL_MESSAGE_BYTES)
         self.router = make_socket(ctx, zmq.ROUTER, hwm=1024, max_message_bytes=max_bytes)
         self.router.setsockopt(zmq.SNDHWM, REPLY_HWM)
@@ -100,6 +102,9 @@ class ControlServer(threading.Thread):
         self.control_address = bind(self.router, config.net.bind_host, config.net.learner_port, "learner control")
         self.weights_address = bind(self.pub, config.net.bind_host, config.net.weights_port, "weight broadcast")
         self._encode = Encoder("learner")
+        self._broadcast = WeightBroadcast(
+            self.pub, self._encode, self.run_id, shared_memory=config.net.shared_memory_weights
+        )
         # The update loop wakes this thread through an inproc pair, so a new version goes out at once.
         wake_address = f"inproc://control-wake-{id(self)}"
         self._wake_rx = ctx.socket(zmq.PAIR)
@@ -115,7 +120,7 @@ class ControlServer(threading.Thread):
         local actors, and the control thread copies them back out for the broadcast and `get_weights`
         after the notice is out. Otherwise live arrays are copied before this returns.
         """
-        ref = self._write_shared(version, arrays)
+        ref = self._broadcast.write_shared(version, arrays)
         snapshot = None
         if ref is None or not ref["path"]:
             snapshot = {name: np.array(a) for name, a in arrays.items()} if live else dict(arrays)
@@ -127,32 +132,7 @@ class ControlServer(threading.Thread):
     def set_shared_memory(self, enabled: bool) -> None:
         """Turn shared-memory weights on or off from the next publication (the benchmark compares both).
         Call it from the thread that calls set_weights."""
-        self._shared_wanted = enabled and available()
-
-    def _write_shared(self, version: int, arrays: Mapping[str, np.ndarray]) -> dict[str, str] | None:
-        """Write the shared-memory copy; what the notice should say, or None when there is no file to name.
-
-        Once a file has been announced, a learner that stops writing it (turned off, or /dev/shm full)
-        says so in every notice from then on (an empty path), so actors that unsubscribed from the full
-        weights take the broadcast again instead of waiting on a file that no longer changes."""
-        if self._shared_wanted:
-            try:
-                if self._shared is None:
-                    self._shared = SharedWeightsWriter(self.run_id, arrays)
-                    self._shared_announced = True
-                    log.info("weights also in shared memory for actors on this host: %s", self._shared.path)
-                self._shared.write(version, arrays)
-                return {"path": self._shared.path, "token": self._shared.token}
-            except NonFinite as err:  # the file keeps the last good version; the broadcast's are refused
-                log.warning("not sharing weights: %s", err)
-                return None
-            except (OSError, LayoutMismatch) as err:
-                log.warning("shared-memory weights off, the broadcast carries them all: %s", err)
-                self._shared_wanted = False
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
-        return {"path": "", "token": ""} if self._shared_announced else None
+        self._broadcast.set_shared_memory(enabled)
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -187,7 +167,7 @@ class ControlServer(threading.Thread):
                 if self._publish_pending:
                     self._publish()
                 if self._stop_reason is not None:
-                    self._broadcast_stop()
+                    self._broadcast.stop(self._stop_reason)
                 if time.monotonic() >= next_expiry:
                     self._expire_actors()
                     next_expiry = time.monotonic() + EXPIRY_CHECK_S
@@ -197,66 +177,76 @@ class ControlServer(threading.Thread):
                 while self._wake_rx.poll(0):
                     self._wake_rx.recv()
                 if self.router in events:
-                    for _ in range(128):
-                        try:
-                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._handle(frames)
+                    self._receive()
             if self._stop_reason is not None:
-                self._broadcast_stop()
+                self._broadcast.stop(self._stop_reason)
         finally:
             self.connections.close()
             self._wake_rx.close(linger=0)
             self.router.close()
-            self.pub.close()
-            self._close_shared()
+            self._broadcast.close()
             if self.security is not None:
                 self.security.close()
 
-    def _broadcast_stop(self) -> None:
-        # PUB drops for subscribers that are mid-reconnect; repeat so everyone hears it.
-        frames = self._encode("stop", {"reason": self._stop_reason or "stop"})
-        self.pub.send_multipart(frames)
+    def _receive(self) -> None:
+        """The messages waiting, up to a round's worth, so that publishing and expiry keep their turn."""
+        for _ in range(128):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
 
     def _publish(self) -> None:
         with self._lock:
             self._publish_pending = False
             version, arrays, ref = self._pending  # type: ignore[misc]
-        meta = {"version": version, "run_id": self.run_id}
-        if ref is not None:
-            self.pub.send_multipart(self._encode("weights_ref", {**meta, **ref}))
-        if arrays is None:  # in the shared-memory file only: copy it out, after local actors have it
-            got = self._read_shared(ref["path"], ref["token"])  # type: ignore[index]
-            if got is None:
-                return  # overtaken by newer versions, which are pending already
-            version, arrays = got
-            meta["version"] = version
-        with self._lock:
-            self._weights = (version, arrays)
-        # PUB filters by subscription: with every actor on this host, these bytes go nowhere.
-        self.pub.send_multipart(self._encode("weights", meta, arrays), copy=False)
+        published = self._broadcast.publish(version, arrays, ref)
+        if published is not None:
+            with self._lock:
+                self._weights = published
 
-    def _read_shared(self, path: str, token: str) -> tuple[int, dict[str, np.ndarray]] | None:
-        if self._shared_reader is None or self._shared_reader.path != path:
-            self._close_shared_reader()
-            try:
-                self._shared_reader = SharedWeightsReader(path, token)
-            except SharedWeightsUnavailable as err:  # removed meanwhile: sharing was just turned off
-                log.debug("shared-memory weights gone before the broadcast copy: %s", err)
-                return None
-        return self._shared_reader.read(attempts=10)
+    # ---- one message: dispatch, reply, reject -----------------------------------------------------
+    def _handle(self, frames: list) -> None:
+        """One message, to its kind's handler; whatever goes wrong with it is counted and logged, and the
+        thread goes on."""
+        if len(frames) < 2:
+            self._count("bad_envelope")
+            return
+        identity = frames[0].bytes
+        msg: Message | None = None
+        try:
+            msg = self._decode(identity, frames[1:])
+            if msg is not None:
+                self._handlers[msg.kind](identity, self.roles.authenticated(frames[1]), msg)
+        except Refused as err:
+            told = msg is not None and msg.kind in TOLD_REFUSALS
+            self._reject(identity, err.reason, "refused", err, tell=told)
+        except Exception as err:  # a bug hit by one message must not end the control plane
+            self._count("handler_error")
+            self._warnings.warning(identity, "error handling a control message: %s", printable(err, 200), exc_info=True)
 
-    def _close_shared_reader(self) -> None:
-        if self._shared_reader is not None:
-            self._shared_reader.close()
-            self._shared_reader = None
+    def _decode(self, identity: bytes, frames: list) -> Message | None:
+        """The message, or None when it was rejected (and counted, and its sender told if that helps)."""
+        try:
+            msg = decode(frames, expect=CONTROL_KINDS)
+            require_vectors(msg, *VECTORS.get(msg.kind, ()))
+        except DecodeError as err:
+            self._reject(identity, err.reason, "rejected", err, tell=err.reason in TOLD_DECODE_ERRORS)
+            return None
+        return msg
 
-    def _close_shared(self) -> None:
-        self._close_shared_reader()
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+    def _reject(self, identity: bytes, reason: str, verb: str, err: Exception, *, tell: bool) -> None:
+        """The one place a message is turned down: counted by reason, logged at a rate each peer cannot
+        raise, and answered with an `error` when the sender would otherwise wait for nothing."""
+        self._count(reason)
+        self._warnings.warning(identity, "%s a control message: %s", verb, printable(err, 200))
+        if tell:
+            self._reply_error(identity, reason, str(err)[:200])
+
+    def _reply_error(self, identity: bytes, reason: str, detail: str | None = None) -> None:
+        meta = {"reason": reason} if detail is None else {"reason": reason, "detail": detail}
+        self._reply(identity, self._encode("error", meta))
 
     def _reply(self, identity: bytes, frames: list) -> None:
         try:
@@ -276,50 +266,7 @@ class ControlServer(threading.Thread):
         with self._lock:
             return self._rejected + self.registry.refused
 
-    def _handle(self, frames: list) -> None:
-        """One message; whatever goes wrong with it is counted and logged, and the thread goes on."""
-        if len(frames) < 2:
-            self._count("bad_envelope")
-            return
-        identity = frames[0].bytes
-        try:
-            self._dispatch(identity, frames)
-        except Refused as err:
-            self._count(err.reason)
-            self._warnings.warning(identity, "refused a control message: %s", printable(err, 200))
-        except Exception as err:  # a bug hit by one message must not end the control plane
-            self._count("handler_error")
-            self._warnings.warning(identity, "error handling a control message: %s", printable(err, 200), exc_info=True)
-
-    def _dispatch(self, identity: bytes, frames: list) -> None:
-        try:
-            msg = decode(frames[1:], expect=CONTROL_KINDS)
-            if msg.kind == "actor_stats":
-                require_vectors(msg, "episode_returns", "episode_lengths")
-            elif msg.kind == "eval_result":
-                require_vectors(msg, "returns", "lengths")
-        except DecodeError as err:
-            self._count(err.reason)
-            self._warnings.warning(identity, "rejected a control message: %s", printable(err, 200))
-            if err.reason in ("wrong_version", "unknown_kind", "unexpected_kind"):
-                self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))
-            return
-        role = self.roles.authenticated(frames[1])
-        if msg.kind == "hello":
-            try:
-                self._hello(identity, role, msg)
-            except Refused as err:  # told, so that it does not wait for a welcome
-                self._reply(identity, self._encode("error", {"reason": err.reason, "detail": str(err)[:200]}))
-                raise
-        elif msg.kind == "get_weights":
-            self._get_weights(identity)
-        elif msg.kind == "actor_stats":
-            if self.roles.role_of(identity, role) not in (None, "actor"):  # None: taken on, as after a restart
-                raise Refused("not_actor", "actor_stats from an evaluator")
-            self._actor_stats(identity, msg)
-        else:
-            self._eval_result(identity, role, msg)
-
+    # ---- the handlers ---------------------------------------------------------------------------
     def _hello(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
         meta = msg.meta
         role = meta["role"]
@@ -342,11 +289,11 @@ class ControlServer(threading.Thread):
             welcome["epsilon"] = epsilon
         self._reply(identity, self._encode("welcome", welcome))
 
-    def _get_weights(self, identity: bytes) -> None:
+    def _get_weights(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
         with self._lock:
             weights = self._weights
         if weights is None:
-            self._reply(identity, self._encode("error", {"reason": "no_weights_yet"}))
+            self._reply_error(identity, "no_weights_yet")
             return
         encode = partial(self._encode, "weights", {"version": weights[0], "run_id": self.run_id}, weights[1])
         refusal = self._weight_replies.send(self.router, identity, weights[0], encode, time.monotonic())
@@ -355,7 +302,9 @@ class ControlServer(threading.Thread):
         elif refusal is not None:
             self._count(refusal)
 
-    def _actor_stats(self, identity: bytes, msg: Message) -> None:
+    def _actor_stats(self, identity: bytes, authenticated: str | None, msg: Message) -> None:
+        if self.roles.role_of(identity, authenticated) not in (None, "actor"):  # None: taken on, as after a restart
+            raise Refused("not_actor", "actor_stats from an evaluator")
         returns = msg.arrays["episode_returns"]
         with self._lock:
             version = self._weights[0] if self._weights is not None else -1
@@ -367,7 +316,7 @@ class ControlServer(threading.Thread):
         if role != "evaluator":
             # A learner restarted since this peer's hello has not heard it: ask for it, now and then.
             if role is None and self.roles.ask_hello(identity, time.monotonic()):
-                self._reply(identity, self._encode("error", {"reason": "hello_first"}))
+                self._reply_error(identity, "hello_first")
             sender = f"an {role}" if role else "a peer that never said hello"
             raise Refused("not_evaluator", f"eval_result from {sender}")
         returns = msg.arrays["returns"]
@@ -376,6 +325,7 @@ class ControlServer(threading.Thread):
         with self._lock:
             self.eval_results.append((msg.meta["weight_version"], np.array(returns)))
 
+    # ---- the actors -----------------------------------------------------------------------------
     @property
     def env_steps(self) -> int:
         """Summed from the actors' accepted increments, restarts included."""

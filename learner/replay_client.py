@@ -23,10 +23,11 @@ than `replay.min_size` transitions, fresh from the current connection: then no r
 and sending it again would only queue another.
 
 With replay on the same host, each request names a slot of the learner's batch file in /dev/shm
-(common/shared_batches.py) and replay writes the sampled batch straight into it: an Atari batch then
-crosses no socket, and the reply is a header to decode, not eight arrays. On a CPU the batch's tensors
-are the slot itself, so they stay valid until the next `get_batch`; on CUDA (and in the threaded mode)
-they are copied out at once and the slot is free again.
+(`learner.batch_slots`, over common/shared_batches.py) and replay writes the sampled batch straight into
+it: an Atari batch then crosses no socket, and the reply is a header to decode, not eight arrays. On a
+CPU the batch's tensors are the slot itself, so they stay valid until the next `get_batch`; on CUDA (and
+in the threaded mode) they are copied out at once and the slot is free again (`learner.batch`). Each
+reply kind has its handler in one table.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -47,9 +48,11 @@ from common.config import RunConfig
 from common.envs import EnvSpec
 from common.monitor import ConnectionMonitor
 from common.security import ClientSecurity, secure_client
-from common.shared_batches import BatchFile, available
+from common.shared_batches import BatchFile
 from common.sockets import connect, make_socket, send_frames
-from common.wire import DecodeError, Encoder, decode
+from common.wire import DecodeError, Encoder, Message, decode
+from learner.batch import Batch, to_batch
+from learner.batch_slots import BatchSlots
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +73,6 @@ class Ready(Protocol):
 
 
 _Priorities = tuple[np.ndarray, np.ndarray, "np.ndarray | torch.Tensor", "Ready | None"]
-
-
-@dataclass
-class Batch:
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    discount: torch.Tensor
-    next_obs: torch.Tensor
-    weight: torch.Tensor
-    index: np.ndarray
-    id: np.ndarray
-    slot: int = -1  # the batch file slot these tensors are (CPU, shared memory), else -1
 
 
 class ReplayClient:
@@ -122,13 +112,18 @@ class ReplayClient:
         self._next_monitor = 0.0
         self.requests_lost = 0
         self._stats_at = 0.0  # when replay_stats last arrived on the current socket
-        self._batch_file: BatchFile | None = None
-        self._free_slots: deque[int] = deque()
-        self._slot_batches: dict[int, Batch] = {}  # CPU: each slot's tensors, made once per batch file
+        self._slots: BatchSlots | None = None  # the batch file in shared memory, when replay can write it
         self._held_slot = -1  # the slot of the batch the update loop has now (CPU, shared memory)
         self.batches_by_shared_memory = 0
         self.batches_by_socket = 0
         self.stale_batches = 0  # replies for a batch file given up since (see _reset_requests)
+        # One handler per reply kind from replay.
+        self._handlers: dict[str, Callable[[Message], None]] = {
+            "batch": self._on_batch,
+            "batch_ref": self._on_batch_ref,
+            "replay_stats": self._on_stats,
+            "error": self._on_error,
+        }
 
     # ---- the update loop's side ------------------------------------------------------------------
     def start(self) -> None:
@@ -154,7 +149,8 @@ class ReplayClient:
             except queue.Empty:
                 return None
         if self._held_slot >= 0:
-            self._free_slots.append(self._held_slot)
+            assert self._slots is not None  # (giving the file up forgets the held slot)
+            self._slots.free.append(self._held_slot)
             self._held_slot = -1
         deadline = time.monotonic() + timeout
         while True:
@@ -192,29 +188,19 @@ class ReplayClient:
         self._next_stats = 0.0
         self._open_batch_file()
 
+    @property
+    def _batch_file(self) -> BatchFile | None:
+        return self._slots.file if self._slots is not None else None
+
     def _open_batch_file(self) -> None:
         """A fresh batch file with every slot free (none when shared memory is off or unusable here)."""
         self._close_batch_file()
-        if self.spec is None or not self.config.net.shared_memory_batches or not available():
-            return
-        # A slot for each request in flight or batch decoded (prefetch in all), one for the batch in use,
-        # and one spare; a request that finds none free is answered over the socket.
-        slots = self.config.learner.prefetch + 2
-        try:
-            self._batch_file = BatchFile(
-                self.config.learner.batch_size, self.spec.obs_shape, self.spec.obs_dtype, slots
-            )
-        except OSError as err:  # /dev/shm full, say: the socket carries everything
-            log.warning("no batch file in shared memory (%s); batches come over the socket", err)
-            return
-        self._free_slots = deque(range(slots))
+        self._slots = BatchSlots.open(self.config, self.spec)
 
     def _close_batch_file(self) -> None:
-        if self._batch_file is not None:
-            self._batch_file.close()
-            self._batch_file = None
-        self._free_slots.clear()
-        self._slot_batches.clear()
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
         self._held_slot = -1
 
     def _reset_requests(self) -> None:
@@ -222,7 +208,7 @@ class ReplayClient:
         batch file: late replies go to the old socket's identity, late batches into the old file."""
         self._sent_at.clear()
         self._stats_at = 0.0
-        if self._batch_file is not None:
+        if self._slots is not None:
             self._ready = deque(b for b in self._ready if b.slot < 0)
         self._close_socket()
         self._open()
@@ -268,23 +254,8 @@ class ReplayClient:
         if now >= self._next_monitor:
             self._connections.poll()
             self._next_monitor = now + MONITOR_PERIOD_S
-        # Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
-        # queue's): the update loop never finds nothing ready while the server has data.
-        while len(self._sent_at) + len(self._ready) < self.config.learner.prefetch and now >= self._hold_until:
-            meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
-            if self._batch_file is not None and self._free_slots:
-                meta.update(shm_path=self._batch_file.path, shm_token=self._batch_file.token)
-                meta["shm_slot"] = self._free_slots.popleft()
-            send_frames(sock, self._encode("sample", meta))
-            self._sent_at.append(now)
-        while not self.priorities.empty():  # this thread is the queue's only reader: no Empty to catch
-            self._unsent_priorities.append(self.priorities.get_nowait())
-        while self._unsent_priorities:  # in order, each once its copy from the GPU has landed
-            index, ids, priority, ready = self._unsent_priorities[0]
-            if ready is not None and not ready.query():
-                break
-            self._unsent_priorities.popleft()
-            self._send_priorities(index, ids, np.asarray(priority))
+        self._request(sock, now)
+        self._send_landed_priorities()
         if now >= self._next_stats:
             sock.send_multipart(self._encode("stats_request"))
             self._next_stats = now + STATS_PERIOD_S
@@ -303,88 +274,92 @@ class ReplayClient:
             if self._sock is not sock:  # a restarted replay: the requests started over on a new socket
                 return
 
+    def _request(self, sock: zmq.Socket, now: float) -> None:
+        """Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
+        queue's): the update loop never finds nothing ready while the server has data."""
+        while len(self._sent_at) + len(self._ready) < self.config.learner.prefetch and now >= self._hold_until:
+            meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
+            if self._slots is not None:
+                meta.update(self._slots.take())
+            send_frames(sock, self._encode("sample", meta))
+            self._sent_at.append(now)
+
+    def _send_landed_priorities(self) -> None:
+        """Priority updates in order, each once its copy from the GPU has landed."""
+        while not self.priorities.empty():  # this thread is the queue's only reader: no Empty to catch
+            self._unsent_priorities.append(self.priorities.get_nowait())
+        while self._unsent_priorities:
+            index, ids, priority, ready = self._unsent_priorities[0]
+            if ready is not None and not ready.query():
+                break
+            self._unsent_priorities.popleft()
+            self._send_priorities(index, ids, np.asarray(priority))
+
+    # ---- replies, one handler per kind ------------------------------------------------------------
     def _receive(self, frames: list) -> None:
         try:
-            msg = decode(frames, expect=("batch", "batch_ref", "replay_stats", "error"))
+            msg = decode(frames, expect=tuple(self._handlers))
         except DecodeError as err:
             self.decode_errors += 1
             log.warning("bad reply from replay: %s", err)
             return
-        if msg.kind == "batch":
-            self._answered(batch=True)
-            if "shm_refused" in msg.meta and self._batch_file is not None:
-                log.info(
-                    "replay cannot write this learner's batch file, so batches come over the socket: %s",
-                    msg.meta["shm_refused"],
-                )
-                self._close_batch_file()
-            self.batches_by_socket += 1
-            self._ready.append(self._to_batch(msg.arrays))
-        elif msg.kind == "batch_ref":
-            self._answered(batch=True)
-            slot, file = msg.meta["slot"], self._batch_file
-            if file is None or msg.meta["token"] != file.token or not 0 <= slot < file.slots:
-                self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
-                return
-            if msg.meta["size"] != file.batch_size:
-                self.decode_errors += 1
-                log.warning(
-                    "replay filled slot %d with %d transitions, not %d", slot, msg.meta["size"], file.batch_size
-                )
-                return
-            if self.batches_by_shared_memory == 0:
-                log.info("sampled batches arrive in shared memory (%s)", file.path)
-            self.batches_by_shared_memory += 1
-            batch = self._slot_batches.get(slot)
-            if batch is None:
-                batch = self._to_batch(file.views(slot), slot)
-                if not self.threaded:  # the same memory every time: tensors over it need making once
-                    self._slot_batches[slot] = batch
-            self._ready.append(batch)
-        elif msg.kind == "replay_stats":
-            if msg.meta["inserted"] < self.stats.get("inserted", 0):
-                # A restarted server forgot the requests we had in flight.
-                log.warning("the replay server restarted; re-sending sample requests")
-                self._reset_requests()
-            self.stats = msg.meta
-            self._stats_at = time.monotonic()
-        else:
-            self._answered(batch=False)
-            self._hold_until = time.monotonic() + ERROR_PAUSE_S
-            log.error("replay refused a request: %s", msg.meta)
+        self._handlers[msg.kind](msg)
 
-    def _to_batch(self, arrays: dict[str, np.ndarray], slot: int = -1) -> Batch:
-        """Tensors over the received frames (or the batch file's slot) without copying, or pinned copies.
+    def _on_batch(self, msg: Message) -> None:
+        self._answered(batch=True)
+        if "shm_refused" in msg.meta and self._slots is not None:
+            log.info(
+                "replay cannot write this learner's batch file, so batches come over the socket: %s",
+                msg.meta["shm_refused"],
+            )
+            self._close_batch_file()
+        self.batches_by_socket += 1
+        self._ready.append(to_batch(msg.arrays, pin_memory=self.pin_memory, copy=False))
 
-        A thread hands batches over a queue, not in step with get_batch, so it copies a slot's arrays
-        (into pinned memory when pinning anyway) and frees the slot at once."""
-        copy_slot = slot >= 0 and self.threaded
+    def _on_batch_ref(self, msg: Message) -> None:
+        self._answered(batch=True)
+        slots, slot = self._slots, msg.meta["slot"]
+        if slots is None or not slots.names_ours(msg.meta):
+            self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
+            return
+        if msg.meta["size"] != slots.file.batch_size:
+            self.decode_errors += 1
+            log.warning(
+                "replay filled slot %d with %d transitions, not %d", slot, msg.meta["size"], slots.file.batch_size
+            )
+            return
+        if self.batches_by_shared_memory == 0:
+            log.info("sampled batches arrive in shared memory (%s)", slots.file.path)
+        self.batches_by_shared_memory += 1
+        batch = slots.tensors.get(slot)
+        if batch is None:
+            batch = self._slot_batch(slots, slot)
+        self._ready.append(batch)
 
-        def array(name: str, pinned: bool = False) -> np.ndarray:
-            a = arrays[name]
-            if not a.flags.writeable or (copy_slot and not pinned):
-                a = a.copy()  # bytes (read-only; torch wants memory it may write), or a slot to free
-            return a
-
-        def tensor(name: str) -> torch.Tensor:
-            t = torch.from_numpy(array(name, pinned=self.pin_memory))
-            return t.pin_memory() if self.pin_memory else t
-
-        batch = Batch(
-            obs=tensor("obs"),
-            action=tensor("action"),
-            reward=tensor("reward"),
-            discount=tensor("discount"),
-            next_obs=tensor("next_obs"),
-            weight=tensor("weight"),
-            index=array("index"),
-            id=array("id"),
-        )
-        if copy_slot:
-            self._free_slots.append(slot)
-        elif slot >= 0:
-            batch.slot = slot  # freed when get_batch is next called
+    def _slot_batch(self, slots: BatchSlots, slot: int) -> Batch:
+        """Tensors over a slot of the batch file. A thread hands batches over a queue, not in step with
+        get_batch, so it copies the slot's arrays (into pinned memory when pinning anyway) and frees the
+        slot at once; otherwise the tensors are the slot, made once, and it is freed by the next get_batch."""
+        batch = to_batch(slots.file.views(slot), pin_memory=self.pin_memory, copy=self.threaded)
+        if self.threaded:
+            slots.free.append(slot)
+        else:  # the same memory every time: tensors over it need making once
+            batch.slot = slot
+            slots.tensors[slot] = batch
         return batch
+
+    def _on_stats(self, msg: Message) -> None:
+        if msg.meta["inserted"] < self.stats.get("inserted", 0):
+            # A restarted server forgot the requests we had in flight.
+            log.warning("the replay server restarted; re-sending sample requests")
+            self._reset_requests()
+        self.stats = msg.meta
+        self._stats_at = time.monotonic()
+
+    def _on_error(self, msg: Message) -> None:
+        self._answered(batch=False)
+        self._hold_until = time.monotonic() + ERROR_PAUSE_S
+        log.error("replay refused a request: %s", msg.meta)
 
     def _run(self) -> None:
         """The thread: hand decoded batches to the queue as room appears, pump the socket meanwhile."""

@@ -4,7 +4,8 @@ Ape-X replay servers hold millions of transitions and serve large batches, so
 storage is one preallocated array per field and every hot path (add, sample,
 priority update) is a handful of vectorized numpy operations.  Prioritization
 follows Schaul et al. (2016), "Prioritized Experience Replay", proportional
-variant with stratified sampling.
+variant with stratified sampling.  What each call accepts is checked in
+``replay.buffer_inputs``, and snapshots in ``replay.buffer_state``.
 """
 
 from __future__ import annotations
@@ -15,31 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from replay.buffer_inputs import FieldSpec, check_batch, check_priorities, check_update, is_int
+from replay.buffer_state import DATA_PREFIX, check_state, encode_pcg64
 from replay.sum_tree import SumTree
-
-_DATA_PREFIX = "data."
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """Per-transition layout of one stored field (no batch dimension).
-
-    Normalized on construction so specs compare equal regardless of whether
-    they were written with lists / dtype strings or tuples / ``np.dtype``.
-    """
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    def __post_init__(self) -> None:
-        shape = tuple(int(d) for d in self.shape)
-        if any(d < 0 for d in shape):
-            raise ValueError(f"field shape must be non-negative, got {shape}")
-        dtype = np.dtype(self.dtype)
-        if dtype.hasobject:
-            raise ValueError("object dtypes are not supported (storage must be plain numeric)")
-        object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "dtype", dtype)
 
 
 @dataclass(frozen=True)
@@ -54,21 +33,6 @@ class SampleResult:
     ids: np.ndarray
     weights: np.ndarray
     data: dict[str, np.ndarray]
-
-
-def _check_priorities(priorities: Any, n: int, what: str) -> np.ndarray:
-    p = np.asarray(priorities, dtype=np.float64)
-    if p.shape != (n,):
-        raise ValueError(f"{what} must have shape ({n},), got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"{what} must be finite")
-    if np.any(p < 0):
-        raise ValueError(f"{what} must be non-negative")
-    return p
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 class ReplayBuffer:
@@ -102,7 +66,7 @@ class ReplayBuffer:
         priority_eps: float = 1e-6,
         seed: int | None = None,
     ) -> None:
-        if not _is_int(capacity) or capacity < 1:
+        if not is_int(capacity) or capacity < 1:
             raise ValueError(f"capacity must be a positive int, got {capacity!r}")
         if not isinstance(fields, Mapping) or len(fields) == 0:
             raise ValueError("fields must be a non-empty mapping of name -> FieldSpec")
@@ -119,7 +83,7 @@ class ReplayBuffer:
         priority_eps = float(priority_eps)
         if not (np.isfinite(priority_eps) and priority_eps > 0.0):
             raise ValueError(f"priority_eps must be positive and finite, got {priority_eps}")
-        if seed is not None and (not _is_int(seed) or seed < 0):
+        if seed is not None and (not is_int(seed) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
 
         self._capacity = int(capacity)
@@ -217,33 +181,12 @@ class ReplayBuffer:
         The returned int64 slots align with ``batch[...][-len(slots):]``.
         Everything is validated before anything is written.
         """
-        if not isinstance(batch, Mapping):
-            raise ValueError("batch must be a mapping of field name -> array")
-        missing = self._fields.keys() - batch.keys()
-        extra = batch.keys() - self._fields.keys()
-        if missing or extra:
-            raise ValueError(
-                f"batch fields do not match spec: missing={sorted(missing)}, unexpected={sorted(map(str, extra))}"
-            )
-        arrays: dict[str, np.ndarray] = {}
-        n: int | None = None
-        for name, spec in self._fields.items():
-            arr = np.asarray(batch[name])
-            if arr.dtype != spec.dtype:
-                raise ValueError(f"field {name!r}: dtype {arr.dtype} != spec {spec.dtype}")
-            if arr.ndim != 1 + len(spec.shape) or arr.shape[1:] != spec.shape:
-                raise ValueError(f"field {name!r}: shape {arr.shape} != (B, *{spec.shape})")
-            if n is None:
-                n = arr.shape[0]
-            elif arr.shape[0] != n:
-                raise ValueError(f"field {name!r}: batch size {arr.shape[0]} != {n} of other fields")
-            arrays[name] = arr
-        assert n is not None
+        arrays, n = check_batch(self._fields, batch)
 
         leaf: np.ndarray | None = None
         raw: np.ndarray | None = None
         if priorities is not None:
-            raw = _check_priorities(priorities, n, "priorities")
+            raw = check_priorities(priorities, n, "priorities")
         if n == 0:
             return np.empty(0, dtype=np.int64)
 
@@ -284,7 +227,7 @@ class ReplayBuffer:
         Their slots become empty (id -1, zero priority) until the ring reaches
         them again; ``inserted_total`` and the cursor are unchanged.
         """
-        if not _is_int(count) or not 0 <= count <= self._size:
+        if not is_int(count) or not 0 <= count <= self._size:
             raise ValueError(f"count must be an int in [0, size={self._size}], got {count!r}")
         if count == 0:
             return
@@ -314,7 +257,7 @@ class ReplayBuffer:
         this avoids tracking the global minimum priority.  Uniform mode draws
         slots uniformly among stored ones and returns all-ones weights.
         """
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         beta = float(beta)
         if not (np.isfinite(beta) and beta >= 0.0):
@@ -357,21 +300,8 @@ class ReplayBuffer:
         entries matched.  In uniform mode matching entries are counted but
         there is nothing to store.  All inputs are validated before any write.
         """
-        idx = np.asarray(indices)
-        if idx.ndim != 1:
-            raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
+        idx, id_arr, raw = check_update(indices, ids, priorities, self._capacity)
         n = idx.shape[0]
-        if n and not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64, copy=False)
-        if n and (idx.min() < 0 or idx.max() >= self._capacity):
-            raise ValueError(f"indices must lie in [0, {self._capacity})")
-        id_arr = np.asarray(ids)
-        if id_arr.shape != (n,):
-            raise ValueError(f"ids must have shape ({n},), got {id_arr.shape}")
-        if n and not np.issubdtype(id_arr.dtype, np.integer):
-            raise ValueError(f"ids must be integers, got dtype {id_arr.dtype}")
-        raw = _check_priorities(priorities, n, "priorities")
         if n == 0:
             return 0
 
@@ -406,12 +336,12 @@ class ReplayBuffer:
             "stale_priority_updates": self._stale_updates,
             "max_priority": self._max_priority,
             "ids": self._ids.copy(),
-            "rng_state": _encode_pcg64(self._rng),
+            "rng_state": encode_pcg64(self._rng),
         }
         if self._tree is not None:
             state["priorities"] = self._tree.values()
         for name, arr in self._data.items():
-            state[_DATA_PREFIX + name] = arr.copy()
+            state[DATA_PREFIX + name] = arr.copy()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -419,22 +349,8 @@ class ReplayBuffer:
 
         The buffer's configuration (capacity, fields, mode, alpha, eps) must
         match the snapshot, because stored tree values depend on alpha/eps.
-        Everything is validated before anything is modified.
+        Everything is validated (``replay.buffer_state``) before anything is modified.
         """
-
-        def scalar(key: str) -> Any:
-            if key not in state:
-                raise ValueError(f"state_dict is missing {key!r}")
-            return np.asarray(state[key]).item()
-
-        def array(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-            if key not in state:
-                raise ValueError(f"state_dict is missing {key!r}")
-            arr = np.asarray(state[key])
-            if arr.shape != shape or arr.dtype != dtype:
-                raise ValueError(f"state_dict[{key!r}]: expected {dtype}{shape}, got {arr.dtype}{arr.shape}")
-            return arr
-
         cap = self._capacity
         config = {
             "capacity": cap,
@@ -442,68 +358,19 @@ class ReplayBuffer:
             "alpha": self._alpha,
             "priority_eps": self._eps,
         }
-        for key, expected in config.items():
-            if scalar(key) != expected:
-                raise ValueError(f"state_dict {key}={scalar(key)!r} does not match buffer's {expected!r}")
-        data_keys = {k[len(_DATA_PREFIX) :] for k in state if k.startswith(_DATA_PREFIX)}
-        if data_keys != set(self._fields):
-            raise ValueError(f"state_dict fields {sorted(data_keys)} != buffer fields {sorted(self._fields)}")
-        data = {name: array(_DATA_PREFIX + name, (cap, *spec.shape), spec.dtype) for name, spec in self._fields.items()}
-        ids = array("ids", (cap,), np.dtype(np.int64))
-        prios = None
-        if self._tree is not None:
-            prios = array("priorities", (cap,), np.dtype(np.float64))
-            if not (np.all(np.isfinite(prios)) and np.all(prios >= 0)):
-                raise ValueError("state_dict priorities must be finite and non-negative")
-        rng = np.random.Generator(np.random.PCG64(0))
-        try:
-            _decode_pcg64(rng, array("rng_state", (6,), np.dtype(np.uint64)))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"state_dict rng_state is invalid: {exc}") from exc
-        cursor, size = int(scalar("cursor")), int(scalar("size"))
-        counters = {k: int(scalar(k)) for k in ("inserted_total", "sampled_total", "stale_priority_updates")}
-        max_priority = float(scalar("max_priority"))
-        if not (0 <= cursor < cap and 0 <= size <= cap):
-            raise ValueError(f"state_dict cursor={cursor}/size={size} invalid for capacity {cap}")
-        if any(v < 0 for v in counters.values()) or size > counters["inserted_total"]:
-            raise ValueError("state_dict counters are inconsistent")
-        if not (np.isfinite(max_priority) and max_priority >= 0):
-            raise ValueError("state_dict max_priority must be finite and non-negative")
-
-        for name, arr in data.items():
+        layouts = {name: ((cap, *spec.shape), spec.dtype) for name, spec in self._fields.items()}
+        restored = check_state(state, config, layouts, self._tree is not None)
+        for name, arr in restored.data.items():
             self._data[name][...] = arr
-        self._ids[...] = ids
+        self._ids[...] = restored.ids
         if self._tree is not None:
-            assert prios is not None
+            assert restored.priorities is not None
             fresh = SumTree(cap)
-            fresh.update(np.arange(cap, dtype=np.int64), prios)
+            fresh.update(np.arange(cap, dtype=np.int64), restored.priorities)
             self._tree = fresh
-        self._rng = rng
-        self._cursor, self._size = cursor, size
-        self._inserted_total = counters["inserted_total"]
-        self._sampled_total = counters["sampled_total"]
-        self._stale_updates = counters["stale_priority_updates"]
-        self._max_priority = max_priority
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _encode_pcg64(rng: np.random.Generator) -> np.ndarray:
-    """PCG64 state as uint64 words (its 128-bit ints don't fit numpy ints)."""
-    st = rng.bit_generator.state
-    if st["bit_generator"] != "PCG64":
-        raise ValueError(f"unsupported bit generator {st['bit_generator']}")
-    s, inc = int(st["state"]["state"]), int(st["state"]["inc"])
-    words = [s >> 64, s & _MASK64, inc >> 64, inc & _MASK64, st["has_uint32"], st["uinteger"]]
-    return np.array(words, dtype=np.uint64)
-
-
-def _decode_pcg64(rng: np.random.Generator, words: np.ndarray) -> None:
-    w = [int(x) for x in words]
-    rng.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
-        "has_uint32": w[4],
-        "uinteger": w[5],
-    }
+        self._rng = restored.rng
+        self._cursor, self._size = restored.cursor, restored.size
+        self._inserted_total = restored.counters["inserted_total"]
+        self._sampled_total = restored.counters["sampled_total"]
+        self._stale_updates = restored.counters["stale_priority_updates"]
+        self._max_priority = restored.max_priority

@@ -12,7 +12,8 @@ takes storage from about 1 + (K - 1 + n) * envs / B frames a transition to about
 Eviction is coupled so that no transition outlives its frames. Before new frames overwrite the ring,
 the oldest transitions up to the newest one that references an overwritten frame are dropped through
 `ReplayBuffer.evict_oldest`, which keeps ids, priorities and sampling consistent. At most
-min(capacity, what `frame_capacity` frames hold) transitions are stored.
+min(capacity, what `frame_capacity` frames hold) transitions are stored. The ring's part of a snapshot,
+and its checks, are `replay/frame_state.py`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 
 from common.frame_dedup import frame_hashes
 from replay.buffer import FieldSpec, ReplayBuffer, SampleResult
+from replay.frame_state import check_frame_state, frame_state
 
 OBS, NEXT_OBS = "obs", "next_obs"
 FRAMES, OBS_FRAMES, NEXT_OBS_FRAMES = "frames", "obs_frames", "next_obs_frames"
-_STATE_PREFIX = "frames."
 MAX_REUSE_WINDOW = 8192  # frames searched for reuse: the latest message of 100 actors or so
 
 
@@ -346,20 +347,20 @@ class FrameReplayBuffer:
         return self._buffer.update_priorities(indices, ids, priorities)
 
     # ------------------------------------------------------------- snapshots
+    def _tables(self) -> dict[str, np.ndarray]:
+        """The frame ring and slot tables by their snapshot names (`replay.frame_state.TABLES`)."""
+        return {
+            "ring": self._ring,
+            "obs_slots": self._obs_slots,
+            "next_obs_slots": self._next_slots,
+            "first_frame": self._first_frame,
+            "evict_below": self._evict_below,
+        }
+
     def state_dict(self) -> dict[str, np.ndarray | int | float]:
         """The inner buffer's snapshot plus the frame ring and slot tables (copies), under `frames.` keys."""
         state = self._buffer.state_dict()
-        state.update(
-            {
-                _STATE_PREFIX + "capacity": self._frame_capacity,
-                _STATE_PREFIX + "written": self._written,
-                _STATE_PREFIX + "ring": self._ring.copy(),
-                _STATE_PREFIX + "obs_slots": self._obs_slots.copy(),
-                _STATE_PREFIX + "next_obs_slots": self._next_slots.copy(),
-                _STATE_PREFIX + "first_frame": self._first_frame.copy(),
-                _STATE_PREFIX + "evict_below": self._evict_below.copy(),
-            }
-        )
+        state.update(frame_state(self._frame_capacity, self._written, self._tables()))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -368,48 +369,10 @@ class FrameReplayBuffer:
         Everything is validated (and every stored transition's frames checked to be intact) before
         anything is modified.
         """
-
-        def get(key: str) -> np.ndarray:
-            if _STATE_PREFIX + key not in state:
-                raise ValueError(f"state_dict is missing {_STATE_PREFIX + key!r} (not a frame-storage snapshot?)")
-            return np.asarray(state[_STATE_PREFIX + key])
-
-        def array(key: str, like: np.ndarray) -> np.ndarray:
-            arr = get(key)
-            if arr.shape != like.shape or arr.dtype != like.dtype:
-                raise ValueError(
-                    f"state_dict[{_STATE_PREFIX + key!r}]: expected {like.dtype}{like.shape}, got "
-                    f"{arr.dtype}{arr.shape}"
-                )
-            return arr
-
-        if get("capacity").shape != () or int(get("capacity")) != self._frame_capacity:
-            raise ValueError(
-                f"state_dict frame capacity {get('capacity')} does not match this buffer's {self._frame_capacity}"
-            )
-        if get("written").shape != ():
-            raise ValueError("state_dict frames.written must be a scalar")
-        written = int(get("written"))
-        ring = array("ring", self._ring)
-        obs_slots = array("obs_slots", self._obs_slots)
-        next_slots = array("next_obs_slots", self._next_slots)
-        first_frame = array("first_frame", self._first_frame)
-        evict_below = array("evict_below", self._evict_below)
-        if "ids" not in state or np.shape(state["ids"]) != (self.capacity,):
-            raise ValueError("state_dict has no usable 'ids'")
-        stored = np.asarray(state["ids"]) >= 0
-        lowest = written - self._frame_capacity
-        if written < 0 or np.any(first_frame[stored] < lowest) or np.any(first_frame[stored] >= written):
-            raise ValueError("state_dict frame ring does not hold every stored transition's frames")
-        for slots in (obs_slots, next_slots):
-            if np.any(slots[stored] < 0) or np.any(slots[stored] >= self._frame_capacity):
-                raise ValueError("state_dict frame slots are out of range")
-
+        tables = self._tables()
+        written, loaded = check_frame_state(state, self._frame_capacity, self.capacity, tables)
         self._buffer.load_state_dict(state)  # validates everything it owns before changing anything
-        self._ring[...] = ring
-        self._obs_slots[...] = obs_slots
-        self._next_slots[...] = next_slots
-        self._first_frame[...] = first_frame
-        self._evict_below[...] = evict_below
+        for name, arr in loaded.items():
+            tables[name][...] = arr
         self._written = written
         self._index_number[...] = -1  # reuse starts again with the next messages

@@ -279,7 +279,7 @@ def test_one_message_that_breaks_a_handler_is_counted_and_the_thread_keeps_servi
     def broken(*args) -> None:
         raise RuntimeError("a bug one message hits")
 
-    monkeypatch.setattr(control, "_actor_stats", broken)
+    monkeypatch.setitem(control._handlers, "actor_stats", broken)  # the dispatch table holds bound methods
     actor = _Peer(ctx, port)
     index = actor.hello()["actor_index"]
     for _ in range(3):
