@@ -13,26 +13,23 @@ raw windows), so both medians come from the same minutes of the same machine.
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+import numpy as np
+import zmq
+from harness import RESULTS_DIR
+from harness.entry import base_parser, run_benchmark
+from harness.processes import Children, cpu_seconds, free_port_base, wait_for, zmq_context
+from harness.replay_server import ReplayProbe
+from harness.report import fmt, print_profile, print_table, ratio, summarize, write_result
+from harness.traffic import run_config
 
 NAME = "actor_throughput"
 GOAL_RATIO = 0.5
@@ -113,9 +110,9 @@ def actor_window(standin: LearnerStandIn, pid: int, settle_s: float, duration: f
     os.kill(pid, signal.SIGCONT)
     standin.serve(settle_s)  # the first report after a pause covers the pause: skip it
     mark = len(standin.stats)
-    began, cpu0 = time.monotonic(), bench.cpu_seconds(pid)
+    began, cpu0 = time.monotonic(), cpu_seconds(pid)
     standin.serve(duration)
-    cpu = (bench.cpu_seconds(pid) - cpu0) / (time.monotonic() - began)
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - began)
     os.kill(pid, signal.SIGSTOP)
     window = standin.stats[mark:]
     if len(window) < 2:
@@ -127,7 +124,7 @@ def actor_window(standin: LearnerStandIn, pid: int, settle_s: float, duration: f
 
 
 def main() -> int:
-    parser = bench.base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1", help="gymnasium id")
     parser.add_argument("--num-envs", type=int, default=16, help="environments in the actor's vector env")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds per window (default 5; quick 1.5)")
@@ -137,14 +134,14 @@ def main() -> int:
     args.duration = args.duration or (1.5 if args.quick else 5.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
     stats_interval = 0.25
-    base = bench.free_port_base()
+    base = free_port_base()
     overrides = [
         f"env.id={args.env}",
         f"env.num_envs={args.num_envs}",
         "replay.samples_per_insert=0",
         f"actor.stats_interval_s={stats_interval}",
     ]
-    config = bench.run_config(base, overrides)
+    config = run_config(base, overrides)
     print(
         f"{NAME}: {args.env} x {args.num_envs} envs, "
         f"{args.repeats} x ({args.duration:g} s raw + {args.duration:g} s actor)"
@@ -161,18 +158,18 @@ def main() -> int:
     env = make_vector_env(config.env, args.num_envs)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    raw_rate = bench.summarize([])
+    raw_rate = summarize([])
     actor_rate = reported_rate = raw_rate
     raw_cpu: list[float] = []
     actor_cpu: list[float] = []
     profile_path = ""
-    with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp, bench.Children(Path(tmp)) as children:
+    with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp, Children(Path(tmp)) as children:
         if args.profile:
-            bench.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            profile_path = str(bench.RESULTS_DIR / f"{NAME}-actor.prof")  # kept for pstats / snakeviz
-        with bench.zmq_context() as ctx:
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            profile_path = str(RESULTS_DIR / f"{NAME}-actor.prof")  # kept for pstats / snakeviz
+        with zmq_context() as ctx:
             standin = LearnerStandIn(ctx, config, weights)
-            probe = bench.ReplayProbe(ctx, config.net.sample_port)
+            probe = ReplayProbe(ctx, config.net.sample_port)
             try:
                 server_args = ["--port-base", str(base), *overrides]
                 children.module("replay", "replay", server_args)
@@ -185,7 +182,7 @@ def main() -> int:
                     standin.serve(0.1)
                     return bool(standin.stats)
 
-                bench.wait_for(first_report, JOIN_TIMEOUT_S, "the actor's first actor_stats", children)
+                wait_for(first_report, JOIN_TIMEOUT_S, "the actor's first actor_stats", children)
                 standin.serve(0.5)
                 if profile_path:
                     os.kill(actor.pid, signal.SIGUSR1)  # profile the acting loop, not start-up
@@ -207,13 +204,13 @@ def main() -> int:
                     standin.serve(0.2)
                 with contextlib.suppress(subprocess.TimeoutExpired):  # still running: Children.close kills it
                     actor.wait(timeout=15)
-                raw_rate, actor_rate = bench.summarize(raws), bench.summarize(actors)
-                reported_rate = bench.summarize(reported)
+                raw_rate, actor_rate = summarize(raws), summarize(actors)
+                reported_rate = summarize(reported)
             finally:
                 probe.close()
                 standin.close()
         children.close()
-        profile_rows = bench.print_profile(profile_path, "actor process") if profile_path else None
+        profile_rows = print_profile(profile_path, "actor process") if profile_path else None
     env.close()
 
     results: dict[str, Any] = {
@@ -222,9 +219,9 @@ def main() -> int:
         "raw_env_steps_per_s": raw_rate,
         "actor_env_steps_per_s": actor_rate,
         "actor_reported_steps_per_s": reported_rate,
-        "raw_cpu_fraction": bench.summarize(raw_cpu),
-        "actor_cpu_fraction": bench.summarize(actor_cpu),
-        "ratio": bench.ratio(actor_rate["median"], raw_rate["median"]),
+        "raw_cpu_fraction": summarize(raw_cpu),
+        "actor_cpu_fraction": summarize(actor_cpu),
+        "ratio": ratio(actor_rate["median"], raw_rate["median"]),
         "ratios_per_repeat": [a / r for a, r in zip(actor_rate["samples"], raw_rate["samples"], strict=True)],
         "replay_inserted": replay_stats.get("inserted"),
         "replay_rejected": replay_stats.get("rejected"),
@@ -232,7 +229,7 @@ def main() -> int:
     }
     if profile_rows is not None:
         results["profile_actor"] = profile_rows
-    bench.print_table(
+    print_table(
         f"{NAME} ({args.env} x {args.num_envs}, medians of {args.repeats} x {args.duration:g} s)",
         ["measurement", "env-steps/s", "min", "max", "CPU used"],
         [
@@ -260,12 +257,12 @@ def main() -> int:
         ],
     )
     print(
-        f"actor / raw: {bench.fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})   "
+        f"actor / raw: {fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})   "
         f"replay inserted {results['replay_inserted']}, rejected {results['replay_rejected'] or 'none'}"
     )
-    bench.write_result(NAME, args.json, args, results)
+    write_result(NAME, args.json, args, results)
     return 0 if results["replay_inserted"] and not results["replay_rejected"] else 1
 
 
 if __name__ == "__main__":
-    bench.run_benchmark(main)
+    run_benchmark(main)

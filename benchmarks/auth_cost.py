@@ -11,23 +11,19 @@ asks for batch-512 samples over the socket (no shared-memory batches, the worst 
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import zmq  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+import zmq
+from harness.processes import Children, free_port_base, zmq_context
+from harness.replay_server import start_replay_server
+from harness.report import print_table, ratio, write_result
+from harness.traffic import ATARI, CARTPOLE, STREAM_MESSAGES, Shape, transitions_frames
 
 NAME = "auth_cost"
 SEND_SIZE = {"cartpole": 1024, "atari": 32}
@@ -55,21 +51,21 @@ def _stats(sock: zmq.Socket) -> dict:
             return msg.meta
 
 
-def _measure(shape: bench.Shape, mode: str, seconds: float) -> dict[str, float]:
+def _measure(shape: Shape, mode: str, seconds: float) -> dict[str, float]:
     """(ingest transitions/s, sampled transitions/s) with one server for this mode and shape."""
     from common.run_keys import local_ingest_address
     from common.wire import Encoder
 
-    port = bench.free_port_base()
+    port = free_port_base()
     overrides = [f"replay.capacity={CAPACITY[shape.name]}", "replay.min_size=512", "replay.samples_per_insert=0"]
     overrides.append(f"actor.send_size={SEND_SIZE[shape.name]}")
-    with bench.Children() as children, bench.zmq_context() as ctx:
-        bench.start_replay_server(children, port, overrides, shape)
+    with Children() as children, zmq_context() as ctx:
+        start_replay_server(children, port, overrides, shape)
         push = _client(ctx, zmq.PUSH, "actor", mode)
         push.connect(local_ingest_address() if mode == "ipc" else f"tcp://127.0.0.1:{port + 2}")
         learner = _client(ctx, zmq.DEALER, "learner", mode)
         learner.connect(f"tcp://127.0.0.1:{port + 3}")
-        stream = bench.transitions_frames(shape, SEND_SIZE[shape.name], 0, seed=1, messages=bench.STREAM_MESSAGES)
+        stream = transitions_frames(shape, SEND_SIZE[shape.name], 0, seed=1, messages=STREAM_MESSAGES)
         start_inserted = _stats(learner)["inserted"]
         start, sent = time.monotonic(), 0
         while time.monotonic() - start < seconds:
@@ -101,7 +97,7 @@ def main() -> int:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="rk-", dir="/tmp") as tmp:
         keys = make_run_keys(Path(tmp) / "k")
-        for shape in (bench.CARTPOLE, bench.ATARI):
+        for shape in (CARTPOLE, ATARI):
             for mode in MODES:
                 if mode == "plain":
                     os.environ.pop(ENV, None)
@@ -114,16 +110,16 @@ def main() -> int:
     for name, got in results.items():
         shape = name.split("/")[0]
         plain = results[f"{shape}/plain"]
-        ratios = {k: bench.ratio(got[k], plain[k]) for k in got}
+        ratios = {k: ratio(got[k], plain[k]) for k in got}
         got["ratio_to_plain"] = ratios
         rows.append([name, got["ingest_per_s"], ratios["ingest_per_s"], got["sampled_per_s"], ratios["sampled_per_s"]])
-    bench.print_table(
+    print_table(
         "replay throughput by transport (transitions/s; ratio to plain tcp)",
         ["shape/transport", "ingest", "ratio", "sampled", "ratio"],
         rows,
     )
     print("(ipc: ingest over the private ipc socket; its sampling still crosses tcp+CURVE)")
-    bench.write_result(NAME, args.json, args, results)
+    write_result(NAME, args.json, args, results)
     return 0
 
 

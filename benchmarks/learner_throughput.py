@@ -12,28 +12,25 @@ Windows of the two kinds alternate, so both medians come from the same minutes o
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import dataclasses  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+from harness.entry import base_parser, run_benchmark
+from harness.processes import MP, Children, free_port_base, shared_counters, shared_floats, wait_for, zmq_context
+from harness.replay_server import ReplayProbe, start_replay_server
+from harness.report import fmt, print_table, ratio, summarize, write_result
+from harness.traffic import ATARI, CARTPOLE, pusher_main, run_config
 
 NAME = "learner_throughput"
 GOAL_RATIO = 0.9
 MEMORY_BATCHES = 16
 NETS = {
     # network overrides, observation shape, replay capacity, transitions to fill it with
-    "mlp": ([], bench.CARTPOLE, 100_000, 20_000),
-    "nature_cnn": (["network.torso=nature_cnn", "network.hidden=[512]"], bench.ATARI, 10_000, 4_000),
+    "mlp": ([], CARTPOLE, 100_000, 20_000),
+    "nature_cnn": (["network.torso=nature_cnn", "network.hidden=[512]"], ATARI, 10_000, 4_000),
 }
 
 
@@ -90,7 +87,7 @@ def memory_window(trainer: Trainer, batches: list[Any], duration: float) -> floa
 
 
 def main() -> int:
-    parser = bench.base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--net", choices=sorted(NETS), default="mlp", help="network (and observation size)")
     parser.add_argument("--batch-size", type=int, default=0, help="learner batch size (default: the preset's)")
     parser.add_argument("--device", default="auto", help="learner device: auto, cpu, cuda[:N]")
@@ -104,7 +101,7 @@ def main() -> int:
     net_overrides, shape, capacity, fill = NETS[args.net]
     if args.quick:
         fill = min(fill, 2_000)
-    base = bench.free_port_base()
+    base = free_port_base()
     overrides = [
         *net_overrides,
         "replay.samples_per_insert=0",
@@ -116,10 +113,10 @@ def main() -> int:
         overrides.append(f"learner.batch_size={args.batch_size}")
     if args.prefetch:
         overrides.append(f"learner.prefetch={args.prefetch}")
-    batch_size = bench.run_config(base, overrides).learner.batch_size
-    prefetch = bench.run_config(base, overrides).learner.prefetch
+    batch_size = run_config(base, overrides).learner.batch_size
+    prefetch = run_config(base, overrides).learner.prefetch
     overrides.append(f"replay.min_size={max(batch_size, min(fill, 1_000))}")
-    config = bench.run_config(base, overrides)
+    config = run_config(base, overrides)
 
     from learner.learner import Learner
 
@@ -133,15 +130,15 @@ def main() -> int:
     memories: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp,
-        bench.Children() as children,
-        bench.zmq_context() as ctx,
+        Children() as children,
+        zmq_context() as ctx,
     ):
-        server = bench.start_replay_server(children, base, overrides, shape)
-        probe = bench.ReplayProbe(ctx, config.net.sample_port)
-        rate, sent, fill_stop = bench.shared_floats(1), bench.shared_counters(1), bench.MP.Event()
+        server = start_replay_server(children, base, overrides, shape)
+        probe = ReplayProbe(ctx, config.net.sample_port)
+        rate, sent, fill_stop = shared_floats(1), shared_counters(1), MP.Event()
         filler = children.spawn(
             "filler",
-            bench.pusher_main,
+            pusher_main,
             0,
             config.net.ingest_port,
             shape,
@@ -153,7 +150,7 @@ def main() -> int:
             fill,
             stop=fill_stop,
         )
-        bench.wait_for(lambda: probe.stats()["size"] >= fill, 120, f"replay to hold {fill} transitions", children)
+        wait_for(lambda: probe.stats()["size"] >= fill, 120, f"replay to hold {fill} transitions", children)
         children.stop([filler])
         probe.close()
 
@@ -186,7 +183,7 @@ def main() -> int:
             learner.ctx.destroy(linger=0)
         children.stop([server])
 
-    wire, memory, wait = bench.summarize(wires), bench.summarize(memories), bench.summarize(waits)
+    wire, memory, wait = summarize(wires), summarize(memories), summarize(waits)
     results = {
         "net": args.net,
         "device": device,
@@ -196,11 +193,11 @@ def main() -> int:
         "wire_updates_per_s": wire,
         "memory_updates_per_s": memory,
         "wire_wait_fraction": wait,
-        "ratio": bench.ratio(wire["median"], memory["median"]),
+        "ratio": ratio(wire["median"], memory["median"]),
         "ratios_per_repeat": [w / m for w, m in zip(wires, memories, strict=True)],
         "goal_ratio": GOAL_RATIO,
     }
-    bench.print_table(
+    print_table(
         f"{NAME} ({args.net} on {device}, batch {batch_size}, medians of {args.repeats} x {args.duration:g} s)",
         ["feed", "updates/s", "min", "max", "transitions/s", "in get_batch %"],
         [
@@ -222,10 +219,10 @@ def main() -> int:
             ],
         ],
     )
-    print(f"wire / memory: {bench.fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})")
-    bench.write_result(NAME, args.json, args, results)
+    print(f"wire / memory: {fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})")
+    write_result(NAME, args.json, args, results)
     return 0
 
 
 if __name__ == "__main__":
-    bench.run_benchmark(main)
+    run_benchmark(main)
