@@ -15,6 +15,7 @@ same way: benchmarks/learning_suite.py.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import textwrap
@@ -68,26 +69,23 @@ def run_sb3(seed: int, timeout_s: float, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each system")
     parser.add_argument("--systems", default="distdqn,sb3", help="comma-separated: distdqn, sb3")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run")
     parser.add_argument("overrides", nargs="*", help="distdqn config overrides, e.g. learner.lr=5e-4")
-    args = parser.parse_args()
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    return parser.parse_args()
+
+
+def run_seeds(args: argparse.Namespace, systems: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every seed on every system, interleaved, so slow phases of a shared machine hit both systems alike."""
     seeds = [0] if args.quick else list(range(args.seeds))
-    if "sb3" in systems:
-        try:
-            import stable_baselines3  # noqa: F401
-        except ImportError:
-            print("stable-baselines3 is not installed: pip install stable-baselines3==2.9.2 torch==2.13.0")
-            return 2
     timeout = 60.0 if args.quick else args.timeout
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="cartpole-solve-") as tmp:
         workdir = Path(tmp)
-        for seed in seeds:  # interleaved, so slow phases of a shared machine hit both systems alike
+        for seed in seeds:
             for system in systems:
                 if system == "distdqn":
                     result = run_distdqn(seed, timeout, workdir, args.overrides)
@@ -96,6 +94,11 @@ def main() -> int:
                 result["seed"] = seed
                 results[system].append(result)
                 print(f"{system} seed {seed}: {result}", flush=True)
+    return results
+
+
+def summarize_and_print(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per system: medians over seeds (only if every seed solved), printed, and their ratio."""
     rows = []
     summary: dict[str, Any] = {}
     for system, runs in results.items():
@@ -127,6 +130,19 @@ def main() -> int:
         a, b = summary["distdqn"]["median_solve_s"], summary["sb3"]["median_solve_s"]
         summary["ratio_distdqn_over_sb3"] = round(a / b, 3) if a and b else None
         print(f"\nmedian time ratio distdqn / SB3: {summary['ratio_distdqn_over_sb3']} (goal <= 0.5)")
+    return summary
+
+
+def main() -> int:
+    args = parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if "sb3" in systems:
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            print("stable-baselines3 is not installed: pip install stable-baselines3==2.9.2 torch==2.13.0")
+            return 2
+    summary = summarize_and_print(run_seeds(args, systems))
     write_result("cartpole_solve", args.json, args, summary)
     return 0
 

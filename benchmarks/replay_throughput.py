@@ -12,6 +12,8 @@ result is a ratio that means something on any machine.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -30,61 +32,16 @@ from harness.processes import (
     wait_for,
     zmq_context,
 )
+from harness.raw_reference import SETTLE_S, measure_raw
 from harness.replay_server import ReplayProbe, start_replay_server
 from harness.report import fmt, print_profile, print_table, ratio, summarize, write_result
-from harness.traffic import SHAPES, STREAM_MESSAGES, Shape, frames_bytes, pusher_main, run_config, transitions_frames
+from harness.traffic import SHAPES, Shape, frames_bytes, pusher_main, run_config, transitions_frames
 
 NAME = "replay_throughput"
 DEFAULT_SEND_SIZE = {"cartpole": 1024, "atari": 64}
 DEFAULT_CAPACITY = {"cartpole": 1_000_000, "atari": 50_000}
 GOAL_INGEST = {"cartpole": 1_000_000, "atari": 50_000}
 GOAL_BATCHES_AT_RATE = 40.0
-SETTLE_S = 0.5
-
-
-def sink_main(port: int, distdqn_options: bool, send_hwm: int, received: Any, stop: Event, ready: Event) -> None:
-    """The raw reference receiver: PULL and count, nothing else. `distdqn_options` makes the socket like the
-    replay server's ingest socket (HWM, capped kernel buffers); otherwise ZeroMQ's defaults."""
-    from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
-
-    ctx = zmq.Context()
-    if distdqn_options:
-        sock = make_socket(ctx, zmq.PULL, hwm=send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
-    else:
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-    bind(sock, "127.0.0.1", port, "benchmark sink")
-    ready.set()
-    try:
-        while not stop.is_set():
-            if not sock.poll(100):
-                continue
-            for _ in range(256):
-                try:
-                    sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                received[0] += 1
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-
-
-def raw_pusher_main(index: int, port: int, shape: Shape, send_size: int, sent: Any, stop: Event) -> None:
-    """A pusher with ZeroMQ's default socket options, for the default-options reference."""
-    stream = transitions_frames(shape, send_size, index, seed=1000 + index, messages=STREAM_MESSAGES)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        while not stop.is_set():
-            if push.poll(100, zmq.POLLOUT):
-                push.send_multipart(stream[sent[index] // send_size % len(stream)], copy=False)
-                sent[index] += send_size
-    finally:
-        push.close(linger=0)
-        ctx.term()
 
 
 def sampler_main(port_base: int, overrides: list[str], shape: Shape, counters: Any, stop: Event) -> None:
@@ -116,47 +73,6 @@ def sampler_main(port_base: int, overrides: list[str], shape: Shape, counters: A
         ctx.destroy(linger=0)
 
 
-def measure_raw(
-    children: Children,
-    shape: Shape,
-    send_size: int,
-    pushers: int,
-    send_hwm: int,
-    duration: float,
-    repeats: int,
-    distdqn_options: bool,
-) -> list[float]:
-    """Messages/s through raw PUSH/PULL, one sample per window."""
-    port = free_port_base(1)
-    received = shared_counters(1)
-    sink_stop, ready = MP.Event(), MP.Event()
-    sink = children.spawn(
-        "sink", sink_main, port, distdqn_options, send_hwm, received, sink_stop, ready, stop=sink_stop
-    )
-    wait_for(ready.is_set, READY_TIMEOUT_S, "the raw sink", children)
-    sent = shared_counters(pushers)
-    push_stop = MP.Event()
-    procs = []
-    for i in range(pushers):
-        if distdqn_options:
-            no_limit = shared_floats(1)
-            args = (i, port, shape, send_size, send_hwm, no_limit, sent, push_stop, 0)
-            procs.append(children.spawn(f"raw-pusher-{i}", pusher_main, *args, stop=push_stop))
-        else:
-            args = (i, port, shape, send_size, sent, push_stop)
-            procs.append(children.spawn(f"raw-pusher-{i}", raw_pusher_main, *args, stop=push_stop))
-    wait_for(lambda: received[0] >= 4 * pushers, READY_TIMEOUT_S, "raw traffic", children)
-    time.sleep(SETTLE_S)
-    samples = []
-    for _ in range(repeats):
-        m0, t0 = received[0], time.monotonic()
-        time.sleep(duration)
-        m1, t1 = received[0], time.monotonic()
-        samples.append((m1 - m0) / (t1 - t0))
-    children.stop([*procs, sink])
-    return samples
-
-
 def _window(probe: ReplayProbe, sampler: Any, sent: Any, duration: float) -> dict[str, float]:
     s0, b0, w0, p0 = probe.stats(), sampler[0], sampler[1], sum(sent)
     time.sleep(duration)
@@ -171,7 +87,7 @@ def _window(probe: ReplayProbe, sampler: Any, sent: Any, duration: float) -> dic
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SHAPES), default="cartpole", help="transition preset")
     parser.add_argument("--pushers", type=int, default=0, help="pushing processes (default 4; quick 2)")
@@ -190,13 +106,31 @@ def main() -> int:
         "--socket-batches", action="store_true", help="batches over the socket, not the learner's shared memory"
     )
     args = parser.parse_args()
-    shape = SHAPES[args.size]
     args.send_size = args.send_size or DEFAULT_SEND_SIZE[args.size]
     args.capacity = args.capacity or DEFAULT_CAPACITY[args.size]
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.no_wrap = args.no_wrap or args.quick
     args.pushers = args.pushers or (2 if args.quick else 4)
+    return args
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The run's config and ports, and the sizes that turn counts into bytes."""
+
+    shape: Shape
+    base: int
+    overrides: list[str]
+    config: Any
+    msg_bytes: int
+    row_bytes: float
+    batch_bytes: int
+    profile_path: str
+
+
+def set_up(args: argparse.Namespace) -> Setup:
+    shape = SHAPES[args.size]
     min_size = min(args.capacity, max(args.batch_size, 4 * args.send_size, 2_000))
     overrides = [
         "replay.samples_per_insert=0",
@@ -208,100 +142,131 @@ def main() -> int:
     ]
     base = free_port_base()
     config = run_config(base, overrides)
-    send_hwm = config.net.send_hwm
     msg_bytes = frames_bytes(transitions_frames(shape, args.send_size, 0, 0)[0])
-    row_bytes = msg_bytes / args.send_size
     obs_bytes = int(np.prod(shape.obs_shape)) * np.dtype(shape.obs_dtype).itemsize
     batch_bytes = args.batch_size * (2 * obs_bytes + 8 + 4 + 4 + 4 + 8 + 8)
+    profile_path = str(RESULTS_DIR / f"{NAME}-replay.prof") if args.profile else ""
+    row_bytes = msg_bytes / args.send_size
     print(
         f"{NAME}: {args.size} transitions ({row_bytes:.0f} B each on the wire), {args.send_size} per message "
         f"({msg_bytes / 1024:.1f} KiB), {args.pushers} pushers, batch {args.batch_size}, "
         f"{args.repeats} x {args.duration:g} s windows"
     )
-    results: dict[str, Any] = {
+    return Setup(shape, base, overrides, config, msg_bytes, row_bytes, batch_bytes, profile_path)
+
+
+def run_description(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    return {
         "size": args.size,
         "send_size": args.send_size,
-        "message_bytes": msg_bytes,
-        "transition_bytes": row_bytes,
+        "message_bytes": setup.msg_bytes,
+        "transition_bytes": setup.row_bytes,
         "pushers": args.pushers,
         "batch_size": args.batch_size,
         "capacity": args.capacity,
         "measured_after_wrap": not args.no_wrap,
         "goals": {"ingest_transitions_per_s": GOAL_INGEST[args.size], "batches_per_s_at_rate": GOAL_BATCHES_AT_RATE},
     }
-    profile_path = str(RESULTS_DIR / f"{NAME}-replay.prof") if args.profile else ""
-    if profile_path:
+
+
+def measure_raw_references(children: Children, args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """Raw PUSH/PULL with distdqn's socket options and (not in --quick) with ZeroMQ's defaults."""
+    out: dict[str, Any] = {}
+    for key, distdqn_options in (("raw_distdqn_options", True), ("raw_default_options", False)):
+        if args.no_raw or (args.quick and not distdqn_options):
+            break
+        send_hwm = setup.config.net.send_hwm
+        msgs = measure_raw(
+            children, setup.shape, args.send_size, args.pushers, send_hwm, args.duration, args.repeats, distdqn_options
+        )
+        out[key] = {
+            "messages_per_s": summarize(msgs),
+            "transitions_per_s": summarize([m * args.send_size for m in msgs]),
+            "mb_per_s": summarize([m * setup.msg_bytes / 1e6 for m in msgs]),
+        }
+    return out
+
+
+@dataclasses.dataclass
+class Traffic:
+    """The replay server under load: its probe, the sampling learner's counters, the pushers' controls."""
+
+    probe: ReplayProbe
+    sampler_counts: Any
+    rate: Any
+    sent: Any
+    processes: list[Any]
+
+
+def start_traffic(children: Children, ctx: zmq.Context, args: argparse.Namespace, setup: Setup) -> Traffic:
+    net = setup.config.net
+    server = start_replay_server(children, setup.base, setup.overrides, setup.shape, setup.profile_path)
+    probe = ReplayProbe(ctx, net.sample_port)
+    sampler_counts, sampler_stop = shared_counters(3), MP.Event()
+    sampler_args = (setup.base, setup.overrides, setup.shape, sampler_counts, sampler_stop)
+    sampler = children.spawn("sampler", sampler_main, *sampler_args, stop=sampler_stop)
+    rate, sent, push_stop = shared_floats(1), shared_counters(args.pushers), MP.Event()
+    pushers = []
+    for i in range(args.pushers):
+        pusher_args = (i, net.ingest_port, setup.shape, args.send_size, net.send_hwm, rate, sent, push_stop, 0)
+        pushers.append(children.spawn(f"pusher-{i}", pusher_main, *pusher_args, stop=push_stop))
+    return Traffic(probe, sampler_counts, rate, sent, [*pushers, sampler, server])
+
+
+def wait_for_steady_state(children: Children, args: argparse.Namespace, traffic: Traffic) -> None:
+    wait_for(lambda: traffic.sampler_counts[0] >= 3, 2 * READY_TIMEOUT_S, "the first sampled batches", children)
+    if not args.no_wrap:
+        # Fresh pages of the (lazily zeroed) storage cost a page fault each: measure the steady state,
+        # after every slot has been written once, as a long run would see it.
+        wait_for(
+            lambda: traffic.probe.stats()["inserted"] >= args.capacity,
+            max(60.0, args.capacity / 2_000),
+            f"the buffer to fill to capacity ({args.capacity:,}); lower --capacity or pass --no-wrap",
+            children,
+        )
+    time.sleep(SETTLE_S)
+
+
+def measure_phases(children: Children, args: argparse.Namespace, traffic: Traffic) -> dict[str, list[dict[str, float]]]:
+    """Windows of ingest flat out and of ingest capped at --ingest-rate, alternating."""
+    phases: dict[str, list[dict[str, float]]] = {"ingest": [], "sample_at_rate": []}
+    for _ in range(args.repeats):
+        traffic.rate[0] = 0.0
+        time.sleep(SETTLE_S)
+        phases["ingest"].append(_window(traffic.probe, traffic.sampler_counts, traffic.sent, args.duration))
+        traffic.rate[0] = args.ingest_rate / args.pushers
+        time.sleep(SETTLE_S)
+        phases["sample_at_rate"].append(_window(traffic.probe, traffic.sampler_counts, traffic.sent, args.duration))
+        children.check_alive()
+    return phases
+
+
+def measure(args: argparse.Namespace, setup: Setup, results: dict[str, Any]) -> None:
+    """The measured run; its numbers go into `results`."""
+    if setup.profile_path:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with Children() as children, zmq_context() as ctx:
-        for key, distdqn_options in (("raw_distdqn_options", True), ("raw_default_options", False)):
-            if args.no_raw or (args.quick and not distdqn_options):
-                break
-            msgs = measure_raw(
-                children, shape, args.send_size, args.pushers, send_hwm, args.duration, args.repeats, distdqn_options
-            )
-            results[key] = {
-                "messages_per_s": summarize(msgs),
-                "transitions_per_s": summarize([m * args.send_size for m in msgs]),
-                "mb_per_s": summarize([m * msg_bytes / 1e6 for m in msgs]),
-            }
+        results.update(measure_raw_references(children, args, setup))
+        traffic = start_traffic(children, ctx, args, setup)
+        wait_for_steady_state(children, args, traffic)
+        phases = measure_phases(children, args, traffic)
+        final = traffic.probe.stats()
+        results["batches_by_shared_memory"] = traffic.sampler_counts[2] / max(traffic.sampler_counts[0], 1)
+        traffic.probe.close()
+        children.stop(traffic.processes)
+    add_phase_results(results, phases, final, setup)
 
-        server = start_replay_server(children, base, overrides, shape, profile_path)
-        probe = ReplayProbe(ctx, config.net.sample_port)
-        sampler_counts = shared_counters(3)
-        sampler_stop = MP.Event()
-        sampler = children.spawn(
-            "sampler", sampler_main, base, overrides, shape, sampler_counts, sampler_stop, stop=sampler_stop
-        )
-        rate, sent, push_stop = shared_floats(1), shared_counters(args.pushers), MP.Event()
-        pushers = [
-            children.spawn(
-                f"pusher-{i}",
-                pusher_main,
-                i,
-                config.net.ingest_port,
-                shape,
-                args.send_size,
-                send_hwm,
-                rate,
-                sent,
-                push_stop,
-                0,
-                stop=push_stop,
-            )
-            for i in range(args.pushers)
-        ]
-        wait_for(lambda: sampler_counts[0] >= 3, 2 * READY_TIMEOUT_S, "the first sampled batches", children)
-        if not args.no_wrap:
-            # Fresh pages of the (lazily zeroed) storage cost a page fault each: measure the steady state,
-            # after every slot has been written once, as a long run would see it.
-            wait_for(
-                lambda: probe.stats()["inserted"] >= args.capacity,
-                max(60.0, args.capacity / 2_000),
-                f"the buffer to fill to capacity ({args.capacity:,}); lower --capacity or pass --no-wrap",
-                children,
-            )
-        time.sleep(SETTLE_S)
-        phases: dict[str, list[dict[str, float]]] = {"ingest": [], "sample_at_rate": []}
-        for _ in range(args.repeats):
-            rate[0] = 0.0
-            time.sleep(SETTLE_S)
-            phases["ingest"].append(_window(probe, sampler_counts, sent, args.duration))
-            rate[0] = args.ingest_rate / args.pushers
-            time.sleep(SETTLE_S)
-            phases["sample_at_rate"].append(_window(probe, sampler_counts, sent, args.duration))
-            children.check_alive()
-        final = probe.stats()
-        results["batches_by_shared_memory"] = sampler_counts[2] / max(sampler_counts[0], 1)
-        probe.close()
-        children.stop([*pushers, sampler, server])
 
+def add_phase_results(
+    results: dict[str, Any], phases: dict[str, list[dict[str, float]]], final: dict[str, Any], setup: Setup
+) -> None:
     for phase, windows in phases.items():
         results[phase] = {
             key: summarize([w[key] for w in windows])
             for key in ("ingest", "pushed", "batches", "sampled", "wait_fraction")
         }
-        results[phase]["ingest_mb_per_s"] = summarize([w["ingest"] * row_bytes / 1e6 for w in windows])
-        results[phase]["batch_mb_per_s"] = summarize([w["batches"] * batch_bytes / 1e6 for w in windows])
+        results[phase]["ingest_mb_per_s"] = summarize([w["ingest"] * setup.row_bytes / 1e6 for w in windows])
+        results[phase]["batch_mb_per_s"] = summarize([w["batches"] * setup.batch_bytes / 1e6 for w in windows])
     results["server_rejected"] = final.get("rejected", {})
     results["server_inserted"] = final.get("inserted")
     ingest_median = results["ingest"]["ingest"]["median"]
@@ -313,6 +278,8 @@ def main() -> int:
         "raw_distdqn_vs_default_options": ratio(raw, raw_default),
     }
 
+
+def print_report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     rows = []
     for key, label in (
         ("raw_distdqn_options", "raw PUSH/PULL, distdqn socket options"),
@@ -351,8 +318,16 @@ def main() -> int:
         f"goals: ingest >= {GOAL_INGEST[args.size]:,}/s; batches/s at {args.ingest_rate:,.0f}/s ingest >= "
         f"{GOAL_BATCHES_AT_RATE:g} (Atari size)   server rejected: {results['server_rejected'] or 'none'}"
     )
-    if profile_path:
-        results["profile_replay"] = print_profile(profile_path, "replay server")
+
+
+def main() -> int:
+    args = parse_args()
+    setup = set_up(args)
+    results = run_description(args, setup)
+    measure(args, setup, results)
+    print_report(args, results)
+    if setup.profile_path:
+        results["profile_replay"] = print_profile(setup.profile_path, "replay server")
     write_result(NAME, args.json, args, results)
     return 0 if not results["server_rejected"] else 1
 

@@ -17,6 +17,7 @@ the transport; shm/control is what shared memory saves.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import struct
 import time
@@ -234,7 +235,7 @@ def run_phase(
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=0, help="actor-like subscribers (default 8; quick 2)")
     parser.add_argument("--publishes", type=int, default=0, help="measured publications per phase (default 100)")
@@ -246,16 +247,14 @@ def main() -> int:
     args.subscribers = args.subscribers or (2 if args.quick else 8)
     args.publishes = args.publishes or (10 if args.quick else 100)
     args.period_ms = args.period_ms or (40.0 if args.quick else 100.0)
-    specs = [NETS[name] for name in args.nets.split(",")]
-    # control before shm: turning sharing off and on again gives each network a file of its own layout
-    modes = ["control", "raw", "shm"] if args.publisher == "all" else [args.publisher]
+    return args
+
+
+def measure(args: argparse.Namespace, specs: list[NetSpec], modes: list[str]) -> list[dict[str, Any]]:
+    """The measured run: start the subscribers, then one phase per network and publisher."""
     base = free_port_base(4)
     config = run_config(base, [])
     raw_port, report_port = base + 2, base + 3  # the replay ports of this config, unused here
-    print(
-        f"{NAME}: {args.subscribers} subscribers, {args.publishes} publications every {args.period_ms:g} ms "
-        f"per phase, networks {args.nets}, publishers {', '.join(modes)}"
-    )
     phases = []
     with Children() as children, zmq_context() as ctx:
         reports = Reports(ctx, report_port)
@@ -263,18 +262,8 @@ def main() -> int:
         stop = MP.Event()
         try:
             for i in range(args.subscribers):
-                children.spawn(
-                    f"subscriber-{i}",
-                    subscriber_main,
-                    i,
-                    base,
-                    raw_port,
-                    report_port,
-                    specs,
-                    args.actor_step_ms,
-                    stop,
-                    stop=stop,
-                )
+                sub_args = (i, base, raw_port, report_port, specs, args.actor_step_ms, stop)
+                children.spawn(f"subscriber-{i}", subscriber_main, *sub_args, stop=stop)
 
             def all_up() -> bool:
                 reports.collect(time.monotonic_ns() + 50_000_000)
@@ -291,7 +280,23 @@ def main() -> int:
             stop.set()
             publisher.close()
             reports.close()
+    return phases
 
+
+def ratios_of(specs: list[NetSpec], phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50 latency of control vs. raw (the control thread's cost) and of shm vs. control, per network."""
+    ratios: dict[str, Any] = {}
+    for spec in specs:
+        by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
+        for a, b in (("control", "raw"), ("shm", "control")):
+            if a in by_mode and b in by_mode:
+                ratios[f"{spec.name}_p50_{a}_vs_{b}"] = ratio(
+                    by_mode[a]["latency_ms"]["p50"], by_mode[b]["latency_ms"]["p50"]
+                )
+    return ratios
+
+
+def print_report(args: argparse.Namespace, phases: list[dict[str, Any]], ratios: dict[str, Any]) -> None:
     rows = []
     for p in phases:
         lat = p["latency_ms"]
@@ -315,20 +320,26 @@ def main() -> int:
         ],
         rows,
     )
-    ratios: dict[str, Any] = {}
-    for spec in specs:
-        by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
-        for a, b in (("control", "raw"), ("shm", "control")):
-            if a in by_mode and b in by_mode:
-                ratios[f"{spec.name}_p50_{a}_vs_{b}"] = ratio(
-                    by_mode[a]["latency_ms"]["p50"], by_mode[b]["latency_ms"]["p50"]
-                )
     if ratios:
         print("  ".join(f"{k}: {fmt(v)}" for k, v in ratios.items()))
     print(
         f"goal (Nature CNN, 8 subscribers): p50 <= {GOAL_P50_MS:g} ms, p99 <= {GOAL_P99_MS:g} ms. "
         "'apply' is the subscriber's drain + decode + load_numpy_weights; 'publish' the publisher's call."
     )
+
+
+def main() -> int:
+    args = parse_args()
+    specs = [NETS[name] for name in args.nets.split(",")]
+    # control before shm: turning sharing off and on again gives each network a file of its own layout
+    modes = ["control", "raw", "shm"] if args.publisher == "all" else [args.publisher]
+    print(
+        f"{NAME}: {args.subscribers} subscribers, {args.publishes} publications every {args.period_ms:g} ms "
+        f"per phase, networks {args.nets}, publishers {', '.join(modes)}"
+    )
+    phases = measure(args, specs, modes)
+    ratios = ratios_of(specs, phases)
+    print_report(args, phases, ratios)
     results = {
         "subscribers": args.subscribers,
         "period_ms": args.period_ms,

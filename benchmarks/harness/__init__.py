@@ -8,6 +8,7 @@ it. `harness` shadows nothing, so the scripts import it and the installed projec
 - `processes`: child processes that always end, waiting, shared counters, ports.
 - `traffic`: transition shapes, synthetic ingest messages and the pusher that sends them.
 - `replay_server`: the real replay server in a child process, and a probe for its counters.
+- `raw_reference`: raw PUSH/PULL with the same messages, the physical reference for replay ingest.
 - `report`: statistics, tables, profiles and the JSON result file.
 - `entry`: the common command-line flags and the signal-safe way to run a benchmark's `main`.
 - `solve_timing`: launch-to-threshold timing of a learning run (distdqn's cluster or a peer).
