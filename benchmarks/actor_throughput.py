@@ -13,30 +13,30 @@ raw windows), so both medians come from the same minutes of the same machine.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+import numpy as np
+import zmq
+from harness import RESULTS_DIR
+from harness.entry import base_parser, run_benchmark
+from harness.processes import Children, cpu_seconds, free_port_base, wait_for, zmq_context
+from harness.replay_server import ReplayProbe
+from harness.report import fmt, print_profile, print_table, ratio, summarize, write_result
+from harness.traffic import run_config
 
 NAME = "actor_throughput"
 GOAL_RATIO = 0.5
 JOIN_TIMEOUT_S = 120.0
+STATS_INTERVAL_S = 0.25
 
 
 class LearnerStandIn:
@@ -113,9 +113,9 @@ def actor_window(standin: LearnerStandIn, pid: int, settle_s: float, duration: f
     os.kill(pid, signal.SIGCONT)
     standin.serve(settle_s)  # the first report after a pause covers the pause: skip it
     mark = len(standin.stats)
-    began, cpu0 = time.monotonic(), bench.cpu_seconds(pid)
+    began, cpu0 = time.monotonic(), cpu_seconds(pid)
     standin.serve(duration)
-    cpu = (bench.cpu_seconds(pid) - cpu0) / (time.monotonic() - began)
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - began)
     os.kill(pid, signal.SIGSTOP)
     window = standin.stats[mark:]
     if len(window) < 2:
@@ -126,8 +126,8 @@ def actor_window(standin: LearnerStandIn, pid: int, settle_s: float, duration: f
     return rate, float(np.median(reported)) if reported else 0.0, cpu
 
 
-def main() -> int:
-    parser = bench.base_parser(__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1", help="gymnasium id")
     parser.add_argument("--num-envs", type=int, default=16, help="environments in the actor's vector env")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds per window (default 5; quick 1.5)")
@@ -136,15 +136,30 @@ def main() -> int:
     args = parser.parse_args()
     args.duration = args.duration or (1.5 if args.quick else 5.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    stats_interval = 0.25
-    base = bench.free_port_base()
+    return args
+
+
+@dataclasses.dataclass
+class Setup:
+    """What both kinds of window use: the actor's config, the learner's weights, and the raw side's env."""
+
+    base: int
+    overrides: list[str]
+    config: Any
+    num_actions: int
+    weights: dict[str, np.ndarray]
+    env: Any
+
+
+def set_up(args: argparse.Namespace) -> Setup:
+    base = free_port_base()
     overrides = [
         f"env.id={args.env}",
         f"env.num_envs={args.num_envs}",
         "replay.samples_per_insert=0",
-        f"actor.stats_interval_s={stats_interval}",
+        f"actor.stats_interval_s={STATS_INTERVAL_S}",
     ]
-    config = bench.run_config(base, overrides)
+    config = run_config(base, overrides)
     print(
         f"{NAME}: {args.env} x {args.num_envs} envs, "
         f"{args.repeats} x ({args.duration:g} s raw + {args.duration:g} s actor)"
@@ -160,71 +175,101 @@ def main() -> int:
     weights = weights_to_numpy(QNetwork(spec.obs_shape, spec.num_actions, config.network))
     env = make_vector_env(config.env, args.num_envs)
     env.reset(seed=0)
+    return Setup(base, overrides, config, spec.num_actions, weights, env)
+
+
+@dataclasses.dataclass
+class Samples:
+    """One entry per repeat, for each kind of window."""
+
+    raw: list[float] = dataclasses.field(default_factory=list)
+    actor: list[float] = dataclasses.field(default_factory=list)
+    reported: list[float] = dataclasses.field(default_factory=list)
+    raw_cpu: list[float] = dataclasses.field(default_factory=list)
+    actor_cpu: list[float] = dataclasses.field(default_factory=list)
+
+
+def start_actor(children: Children, standin: LearnerStandIn, setup: Setup, profile_path: str) -> Any:
+    """Replay and the actor as their own commands; the actor is paused (SIGSTOP) once it reports."""
+    children.module("replay", "replay", ["--port-base", str(setup.base), *setup.overrides])
+    actor_args = ["--learner", f"127.0.0.1:{setup.base}", "--actor-index", "0"]
+    actor = children.module("actor", "actor", actor_args, profile_path=profile_path, profile_start="sigusr1")
+
+    def first_report() -> bool:
+        standin.serve(0.1)
+        return bool(standin.stats)
+
+    wait_for(first_report, JOIN_TIMEOUT_S, "the actor's first actor_stats", children)
+    standin.serve(0.5)
+    if profile_path:
+        os.kill(actor.pid, signal.SIGUSR1)  # profile the acting loop, not start-up
+    os.kill(actor.pid, signal.SIGSTOP)
+    return actor
+
+
+def alternate_windows(
+    args: argparse.Namespace, setup: Setup, standin: LearnerStandIn, actor: Any, children: Children
+) -> Samples:
     rng = np.random.default_rng(0)
-    raw_rate = bench.summarize([])
-    actor_rate = reported_rate = raw_rate
-    raw_cpu: list[float] = []
-    actor_cpu: list[float] = []
+    samples = Samples()
+    for _ in range(args.repeats):
+        rate, cpu = raw_window(setup.env, rng, args.num_envs, setup.num_actions, args.duration)
+        samples.raw.append(rate)
+        samples.raw_cpu.append(cpu)
+        rate, own, cpu = actor_window(standin, actor.pid, 2 * STATS_INTERVAL_S + 0.1, args.duration)
+        samples.actor.append(rate)
+        samples.reported.append(own)
+        samples.actor_cpu.append(cpu)
+        children.check_alive()
+    return samples
+
+
+def stop_actor(standin: LearnerStandIn, actor: Any) -> None:
+    """Ask the (running) actor to stop as a learner would, and give it a while to do so."""
+    for _ in range(3):  # PUB drops for a subscriber mid-reconnect: say it more than once
+        standin.stop_actors()
+        standin.serve(0.2)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # still running: Children.close kills it
+        actor.wait(timeout=15)
+
+
+def measure(args: argparse.Namespace, setup: Setup) -> tuple[Samples, dict[str, Any], list[dict[str, Any]] | None]:
+    """The measured run: (samples, the replay server's final stats, the actor's profile rows if profiled)."""
     profile_path = ""
-    with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp, bench.Children(Path(tmp)) as children:
+    with tempfile.TemporaryDirectory(prefix="distdqn-bench-") as tmp, Children(Path(tmp)) as children:
         if args.profile:
-            bench.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            profile_path = str(bench.RESULTS_DIR / f"{NAME}-actor.prof")  # kept for pstats / snakeviz
-        with bench.zmq_context() as ctx:
-            standin = LearnerStandIn(ctx, config, weights)
-            probe = bench.ReplayProbe(ctx, config.net.sample_port)
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            profile_path = str(RESULTS_DIR / f"{NAME}-actor.prof")  # kept for pstats / snakeviz
+        with zmq_context() as ctx:
+            standin = LearnerStandIn(ctx, setup.config, setup.weights)
+            probe = ReplayProbe(ctx, setup.config.net.sample_port)
             try:
-                server_args = ["--port-base", str(base), *overrides]
-                children.module("replay", "replay", server_args)
-                actor_args = ["--learner", f"127.0.0.1:{base}", "--actor-index", "0"]
-                actor = children.module(
-                    "actor", "actor", actor_args, profile_path=profile_path, profile_start="sigusr1"
-                )
-
-                def first_report() -> bool:
-                    standin.serve(0.1)
-                    return bool(standin.stats)
-
-                bench.wait_for(first_report, JOIN_TIMEOUT_S, "the actor's first actor_stats", children)
-                standin.serve(0.5)
-                if profile_path:
-                    os.kill(actor.pid, signal.SIGUSR1)  # profile the acting loop, not start-up
-                os.kill(actor.pid, signal.SIGSTOP)
-                raws, actors, reported = [], [], []
-                for _ in range(args.repeats):
-                    rate, cpu = raw_window(env, rng, args.num_envs, spec.num_actions, args.duration)
-                    raws.append(rate)
-                    raw_cpu.append(cpu)
-                    rate, own, cpu = actor_window(standin, actor.pid, 2 * stats_interval + 0.1, args.duration)
-                    actors.append(rate)
-                    reported.append(own)
-                    actor_cpu.append(cpu)
-                    children.check_alive()
+                actor = start_actor(children, standin, setup, profile_path)
+                samples = alternate_windows(args, setup, standin, actor, children)
                 os.kill(actor.pid, signal.SIGCONT)
                 replay_stats = probe.stats()
-                for _ in range(3):  # PUB drops for a subscriber mid-reconnect: say it more than once
-                    standin.stop_actors()
-                    standin.serve(0.2)
-                with contextlib.suppress(subprocess.TimeoutExpired):  # still running: Children.close kills it
-                    actor.wait(timeout=15)
-                raw_rate, actor_rate = bench.summarize(raws), bench.summarize(actors)
-                reported_rate = bench.summarize(reported)
+                stop_actor(standin, actor)
             finally:
                 probe.close()
                 standin.close()
         children.close()
-        profile_rows = bench.print_profile(profile_path, "actor process") if profile_path else None
-    env.close()
+        profile_rows = print_profile(profile_path, "actor process") if profile_path else None
+    return samples, replay_stats, profile_rows
 
+
+def results_of(
+    args: argparse.Namespace, samples: Samples, replay_stats: dict[str, Any], profile_rows: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    raw_rate, actor_rate = summarize(samples.raw), summarize(samples.actor)
     results: dict[str, Any] = {
         "env": args.env,
         "num_envs": args.num_envs,
         "raw_env_steps_per_s": raw_rate,
         "actor_env_steps_per_s": actor_rate,
-        "actor_reported_steps_per_s": reported_rate,
-        "raw_cpu_fraction": bench.summarize(raw_cpu),
-        "actor_cpu_fraction": bench.summarize(actor_cpu),
-        "ratio": bench.ratio(actor_rate["median"], raw_rate["median"]),
+        "actor_reported_steps_per_s": summarize(samples.reported),
+        "raw_cpu_fraction": summarize(samples.raw_cpu),
+        "actor_cpu_fraction": summarize(samples.actor_cpu),
+        "ratio": ratio(actor_rate["median"], raw_rate["median"]),
         "ratios_per_repeat": [a / r for a, r in zip(actor_rate["samples"], raw_rate["samples"], strict=True)],
         "replay_inserted": replay_stats.get("inserted"),
         "replay_rejected": replay_stats.get("rejected"),
@@ -232,7 +277,13 @@ def main() -> int:
     }
     if profile_rows is not None:
         results["profile_actor"] = profile_rows
-    bench.print_table(
+    return results
+
+
+def print_report(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    raw_rate, actor_rate = results["raw_env_steps_per_s"], results["actor_env_steps_per_s"]
+    reported_rate = results["actor_reported_steps_per_s"]
+    print_table(
         f"{NAME} ({args.env} x {args.num_envs}, medians of {args.repeats} x {args.duration:g} s)",
         ["measurement", "env-steps/s", "min", "max", "CPU used"],
         [
@@ -260,12 +311,21 @@ def main() -> int:
         ],
     )
     print(
-        f"actor / raw: {bench.fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})   "
+        f"actor / raw: {fmt(results['ratio'])} (goal >= {GOAL_RATIO:g})   "
         f"replay inserted {results['replay_inserted']}, rejected {results['replay_rejected'] or 'none'}"
     )
-    bench.write_result(NAME, args.json, args, results)
+
+
+def main() -> int:
+    args = parse_args()
+    setup = set_up(args)
+    samples, replay_stats, profile_rows = measure(args, setup)
+    setup.env.close()
+    results = results_of(args, samples, replay_stats, profile_rows)
+    print_report(args, results)
+    write_result(NAME, args.json, args, results)
     return 0 if results["replay_inserted"] and not results["replay_rejected"] else 1
 
 
 if __name__ == "__main__":
-    bench.run_benchmark(main)
+    run_benchmark(main)

@@ -15,25 +15,17 @@ same way: benchmarks/learning_suite.py.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
+import argparse
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import REPO_ROOT, base_parser, free_port_base, print_table, run_benchmark, write_result
-
-SOLVED = 475.0
-EVAL_LINE = re.compile(r"^eval\s+t=\s*[\d.]+s\s+steps=\s*(\d+)\s+return\s+(-?[\d.]+)")
+from harness.entry import base_parser, run_benchmark
+from harness.report import print_table, write_result
+from harness.solve_timing import SB3_EVAL, SOLVED, run_distdqn, run_timed
 
 # rl-zoo's CartPole-v1 DQN hyperparameters; evaluation every 2,000 steps with 10 greedy episodes.
 SB3_SCRIPT = textwrap.dedent(
@@ -67,80 +59,6 @@ SB3_SCRIPT = textwrap.dedent(
     model.learn(total_timesteps=50_000, callback=Eval())
     """
 )
-SB3_EVAL = re.compile(r"^eval steps=(\d+) return (-?[\d.]+)")
-
-
-def run_timed(
-    cmd: list[str], pattern: re.Pattern[str], timeout_s: float, log: Path, threshold: float = SOLVED
-) -> dict[str, Any]:
-    """Run one process; time from its start to the first evaluation >= `threshold` it prints."""
-    start = time.monotonic()
-    first: tuple[float, int] | None = None
-    last: float | None = None
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=out,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                out.write(line)
-                match = pattern.match(line.strip())
-                if match:
-                    steps, value = int(match.group(1)), float(match.group(2))
-                    last = value
-                    if first is None and value >= threshold:
-                        first = (time.monotonic() - start, steps)
-                if time.monotonic() - start > timeout_s:
-                    break
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    return {
-        "solve_s": round(first[0], 2) if first else None,
-        "solve_env_steps": first[1] if first else None,
-        "final_eval": last,
-        "total_s": round(time.monotonic() - start, 2),
-        "exit_code": proc.returncode,
-    }
-
-
-def run_distdqn(
-    seed: int, timeout_s: float, workdir: Path, extra: list[str], preset: str = "cartpole", threshold: float = SOLVED
-) -> dict[str, Any]:
-    """One local cluster of `preset` (its own stop condition, at most `timeout_s`), timed to `threshold`."""
-    run_dir = workdir / f"distdqn-{preset}-s{seed}"
-    cmd = [
-        "bash",
-        "scripts/launch_cluster.sh",
-        "--preset",
-        preset,
-        "--seed",
-        str(seed),
-        "--run-dir",
-        str(run_dir),
-        "--port-base",
-        str(free_port_base()),
-        f"stop.max_wall_s={timeout_s}",
-        *extra,
-    ]
-    result = run_timed(cmd, EVAL_LINE, timeout_s + 30, workdir / f"distdqn-{preset}-s{seed}.log", threshold)
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        data = json.loads(summary.read_text())
-        result.update(solved=data["solved"], env_steps=data["env_steps"], learner_updates=data["learner_updates"])
-    return result
 
 
 def run_sb3(seed: int, timeout_s: float, workdir: Path) -> dict[str, Any]:
@@ -151,26 +69,23 @@ def run_sb3(seed: int, timeout_s: float, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each system")
     parser.add_argument("--systems", default="distdqn,sb3", help="comma-separated: distdqn, sb3")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run")
     parser.add_argument("overrides", nargs="*", help="distdqn config overrides, e.g. learner.lr=5e-4")
-    args = parser.parse_args()
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    return parser.parse_args()
+
+
+def run_seeds(args: argparse.Namespace, systems: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every seed on every system, interleaved, so slow phases of a shared machine hit both systems alike."""
     seeds = [0] if args.quick else list(range(args.seeds))
-    if "sb3" in systems:
-        try:
-            import stable_baselines3  # noqa: F401
-        except ImportError:
-            print("stable-baselines3 is not installed: pip install stable-baselines3==2.9.2 torch==2.13.0")
-            return 2
     timeout = 60.0 if args.quick else args.timeout
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="cartpole-solve-") as tmp:
         workdir = Path(tmp)
-        for seed in seeds:  # interleaved, so slow phases of a shared machine hit both systems alike
+        for seed in seeds:
             for system in systems:
                 if system == "distdqn":
                     result = run_distdqn(seed, timeout, workdir, args.overrides)
@@ -179,6 +94,11 @@ def main() -> int:
                 result["seed"] = seed
                 results[system].append(result)
                 print(f"{system} seed {seed}: {result}", flush=True)
+    return results
+
+
+def summarize_and_print(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per system: medians over seeds (only if every seed solved), printed, and their ratio."""
     rows = []
     summary: dict[str, Any] = {}
     for system, runs in results.items():
@@ -210,6 +130,19 @@ def main() -> int:
         a, b = summary["distdqn"]["median_solve_s"], summary["sb3"]["median_solve_s"]
         summary["ratio_distdqn_over_sb3"] = round(a / b, 3) if a and b else None
         print(f"\nmedian time ratio distdqn / SB3: {summary['ratio_distdqn_over_sb3']} (goal <= 0.5)")
+    return summary
+
+
+def main() -> int:
+    args = parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if "sb3" in systems:
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            print("stable-baselines3 is not installed: pip install stable-baselines3==2.9.2 torch==2.13.0")
+            return 2
+    summary = summarize_and_print(run_seeds(args, systems))
     write_result("cartpole_solve", args.json, args, summary)
     return 0
 

@@ -2,7 +2,7 @@
 
 For each env, each seed runs distdqn's preset (a local cluster, `scripts/launch_cluster.sh`) and then the
 peer, one after the other, so slow phases of a shared machine hit both alike. Both are timed as
-benchmarks/cartpole_solve.py times them (its code does it): from the start of the process to the first
+benchmarks/cartpole_solve.py times them (harness/solve_timing.py does it): from the start of the process to the first
 greedy 10-episode evaluation whose mean reaches the env's threshold, evaluation time included. The peer
 is SB3 2.9.2 DQN with the rl-zoo hyperparameters (benchmarks/sb3_dqn.py), evaluated every 2,000 steps;
 for MinAtar it is SB3 DQN with MinAtar's reference network and settings, for 500K frames, evaluated
@@ -27,12 +27,12 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import BENCH_DIR
+from harness.entry import base_parser, run_benchmark
+from harness.report import print_table, ratio, write_result
+from harness.solve_timing import SB3_EVAL, run_distdqn, run_timed
 
-from benchmarks.cartpole_solve import SB3_EVAL, run_distdqn, run_timed
-from benchmarks.common import REPO_ROOT, base_parser, print_table, ratio, run_benchmark, write_result
-
-SB3_RUNNER = REPO_ROOT / "benchmarks" / "sb3_dqn.py"
+SB3_RUNNER = BENCH_DIR / "sb3_dqn.py"
 ZOO_MLP = {"policy_kwargs": {"net_arch": [256, 256]}}
 # MinAtar's examples/dqn.py: batch 32, 100K replay from 5,000 random frames, a target copied every 1,000
 # updates, one update a frame, epsilon 1 -> 0.1 over 100K frames, gamma 0.99, no gradient clipping.

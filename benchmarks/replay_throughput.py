@@ -12,78 +12,39 @@ result is a ratio that means something on any machine.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import dataclasses
+import time
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+import numpy as np
+import zmq
+from harness import RESULTS_DIR
+from harness.entry import base_parser, run_benchmark
+from harness.processes import (
+    MP,
+    READY_TIMEOUT_S,
+    Children,
+    Event,
+    free_port_base,
+    shared_counters,
+    shared_floats,
+    wait_for,
+    zmq_context,
+)
+from harness.raw_reference import SETTLE_S, measure_raw
+from harness.replay_server import ReplayProbe, start_replay_server
+from harness.report import fmt, print_profile, print_table, ratio, summarize, write_result
+from harness.traffic import SHAPES, Shape, frames_bytes, pusher_main, run_config, transitions_frames
 
 NAME = "replay_throughput"
 DEFAULT_SEND_SIZE = {"cartpole": 1024, "atari": 64}
 DEFAULT_CAPACITY = {"cartpole": 1_000_000, "atari": 50_000}
 GOAL_INGEST = {"cartpole": 1_000_000, "atari": 50_000}
 GOAL_BATCHES_AT_RATE = 40.0
-SETTLE_S = 0.5
 
 
-def sink_main(
-    port: int, distdqn_options: bool, send_hwm: int, received: Any, stop: bench.Event, ready: bench.Event
-) -> None:
-    """The raw reference receiver: PULL and count, nothing else. `distdqn_options` makes the socket like the
-    replay server's ingest socket (HWM, capped kernel buffers); otherwise ZeroMQ's defaults."""
-    from common.sockets import BULK_KERNEL_BUFFER, bind, make_socket
-
-    ctx = zmq.Context()
-    if distdqn_options:
-        sock = make_socket(ctx, zmq.PULL, hwm=send_hwm, kernel_buffer_bytes=BULK_KERNEL_BUFFER)
-    else:
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-    bind(sock, "127.0.0.1", port, "benchmark sink")
-    ready.set()
-    try:
-        while not stop.is_set():
-            if not sock.poll(100):
-                continue
-            for _ in range(256):
-                try:
-                    sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                received[0] += 1
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-
-
-def raw_pusher_main(index: int, port: int, shape: bench.Shape, send_size: int, sent: Any, stop: bench.Event) -> None:
-    """A pusher with ZeroMQ's default socket options, for the default-options reference."""
-    stream = bench.transitions_frames(shape, send_size, index, seed=1000 + index, messages=bench.STREAM_MESSAGES)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        while not stop.is_set():
-            if push.poll(100, zmq.POLLOUT):
-                push.send_multipart(stream[sent[index] // send_size % len(stream)], copy=False)
-                sent[index] += send_size
-    finally:
-        push.close(linger=0)
-        ctx.term()
-
-
-def sampler_main(port_base: int, overrides: list[str], shape: bench.Shape, counters: Any, stop: bench.Event) -> None:
+def sampler_main(port_base: int, overrides: list[str], shape: Shape, counters: Any, stop: Event) -> None:
     """A learner stand-in built on the real ReplayClient: take batches, send random priorities back.
 
     counters[0]: batches taken; counters[1]: nanoseconds spent waiting for one (this stand-in computes
@@ -91,7 +52,7 @@ def sampler_main(port_base: int, overrides: list[str], shape: bench.Shape, count
     that came through the shared-memory batch file."""
     from learner.replay_client import ReplayClient
 
-    config = bench.run_config(port_base, overrides)
+    config = run_config(port_base, overrides)
     ctx = zmq.Context()
     client = ReplayClient(config, "127.0.0.1", pin_memory=False, ctx=ctx, spec=shape.env_spec())
     client.start()
@@ -112,48 +73,7 @@ def sampler_main(port_base: int, overrides: list[str], shape: bench.Shape, count
         ctx.destroy(linger=0)
 
 
-def measure_raw(
-    children: bench.Children,
-    shape: bench.Shape,
-    send_size: int,
-    pushers: int,
-    send_hwm: int,
-    duration: float,
-    repeats: int,
-    distdqn_options: bool,
-) -> list[float]:
-    """Messages/s through raw PUSH/PULL, one sample per window."""
-    port = bench.free_port_base(1)
-    received = bench.shared_counters(1)
-    sink_stop, ready = bench.MP.Event(), bench.MP.Event()
-    sink = children.spawn(
-        "sink", sink_main, port, distdqn_options, send_hwm, received, sink_stop, ready, stop=sink_stop
-    )
-    bench.wait_for(ready.is_set, bench.READY_TIMEOUT_S, "the raw sink", children)
-    sent = bench.shared_counters(pushers)
-    push_stop = bench.MP.Event()
-    procs = []
-    for i in range(pushers):
-        if distdqn_options:
-            no_limit = bench.shared_floats(1)
-            args = (i, port, shape, send_size, send_hwm, no_limit, sent, push_stop, 0)
-            procs.append(children.spawn(f"raw-pusher-{i}", bench.pusher_main, *args, stop=push_stop))
-        else:
-            args = (i, port, shape, send_size, sent, push_stop)
-            procs.append(children.spawn(f"raw-pusher-{i}", raw_pusher_main, *args, stop=push_stop))
-    bench.wait_for(lambda: received[0] >= 4 * pushers, bench.READY_TIMEOUT_S, "raw traffic", children)
-    time.sleep(SETTLE_S)
-    samples = []
-    for _ in range(repeats):
-        m0, t0 = received[0], time.monotonic()
-        time.sleep(duration)
-        m1, t1 = received[0], time.monotonic()
-        samples.append((m1 - m0) / (t1 - t0))
-    children.stop([*procs, sink])
-    return samples
-
-
-def _window(probe: bench.ReplayProbe, sampler: Any, sent: Any, duration: float) -> dict[str, float]:
+def _window(probe: ReplayProbe, sampler: Any, sent: Any, duration: float) -> dict[str, float]:
     s0, b0, w0, p0 = probe.stats(), sampler[0], sampler[1], sum(sent)
     time.sleep(duration)
     s1, b1, w1, p1 = probe.stats(), sampler[0], sampler[1], sum(sent)
@@ -167,9 +87,9 @@ def _window(probe: bench.ReplayProbe, sampler: Any, sent: Any, duration: float) 
     }
 
 
-def main() -> int:
-    parser = bench.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(bench.SHAPES), default="cartpole", help="transition preset")
+def parse_args() -> argparse.Namespace:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SHAPES), default="cartpole", help="transition preset")
     parser.add_argument("--pushers", type=int, default=0, help="pushing processes (default 4; quick 2)")
     parser.add_argument("--send-size", type=int, default=0, help="transitions per message (default per --size)")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds per measured window")
@@ -186,13 +106,31 @@ def main() -> int:
         "--socket-batches", action="store_true", help="batches over the socket, not the learner's shared memory"
     )
     args = parser.parse_args()
-    shape = bench.SHAPES[args.size]
     args.send_size = args.send_size or DEFAULT_SEND_SIZE[args.size]
     args.capacity = args.capacity or DEFAULT_CAPACITY[args.size]
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.no_wrap = args.no_wrap or args.quick
     args.pushers = args.pushers or (2 if args.quick else 4)
+    return args
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The run's config and ports, and the sizes that turn counts into bytes."""
+
+    shape: Shape
+    base: int
+    overrides: list[str]
+    config: Any
+    msg_bytes: int
+    row_bytes: float
+    batch_bytes: int
+    profile_path: str
+
+
+def set_up(args: argparse.Namespace) -> Setup:
+    shape = SHAPES[args.size]
     min_size = min(args.capacity, max(args.batch_size, 4 * args.send_size, 2_000))
     overrides = [
         "replay.samples_per_insert=0",
@@ -202,113 +140,146 @@ def main() -> int:
         f"actor.send_size={args.send_size}",
         f"net.shared_memory_batches={'false' if args.socket_batches else 'true'}",
     ]
-    base = bench.free_port_base()
-    config = bench.run_config(base, overrides)
-    send_hwm = config.net.send_hwm
-    msg_bytes = bench.frames_bytes(bench.transitions_frames(shape, args.send_size, 0, 0)[0])
-    row_bytes = msg_bytes / args.send_size
+    base = free_port_base()
+    config = run_config(base, overrides)
+    msg_bytes = frames_bytes(transitions_frames(shape, args.send_size, 0, 0)[0])
     obs_bytes = int(np.prod(shape.obs_shape)) * np.dtype(shape.obs_dtype).itemsize
     batch_bytes = args.batch_size * (2 * obs_bytes + 8 + 4 + 4 + 4 + 8 + 8)
+    profile_path = str(RESULTS_DIR / f"{NAME}-replay.prof") if args.profile else ""
+    row_bytes = msg_bytes / args.send_size
     print(
         f"{NAME}: {args.size} transitions ({row_bytes:.0f} B each on the wire), {args.send_size} per message "
         f"({msg_bytes / 1024:.1f} KiB), {args.pushers} pushers, batch {args.batch_size}, "
         f"{args.repeats} x {args.duration:g} s windows"
     )
-    results: dict[str, Any] = {
+    return Setup(shape, base, overrides, config, msg_bytes, row_bytes, batch_bytes, profile_path)
+
+
+def run_description(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    return {
         "size": args.size,
         "send_size": args.send_size,
-        "message_bytes": msg_bytes,
-        "transition_bytes": row_bytes,
+        "message_bytes": setup.msg_bytes,
+        "transition_bytes": setup.row_bytes,
         "pushers": args.pushers,
         "batch_size": args.batch_size,
         "capacity": args.capacity,
         "measured_after_wrap": not args.no_wrap,
         "goals": {"ingest_transitions_per_s": GOAL_INGEST[args.size], "batches_per_s_at_rate": GOAL_BATCHES_AT_RATE},
     }
-    profile_path = str(bench.RESULTS_DIR / f"{NAME}-replay.prof") if args.profile else ""
-    if profile_path:
-        bench.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    with bench.Children() as children, bench.zmq_context() as ctx:
-        for key, distdqn_options in (("raw_distdqn_options", True), ("raw_default_options", False)):
-            if args.no_raw or (args.quick and not distdqn_options):
-                break
-            msgs = measure_raw(
-                children, shape, args.send_size, args.pushers, send_hwm, args.duration, args.repeats, distdqn_options
-            )
-            results[key] = {
-                "messages_per_s": bench.summarize(msgs),
-                "transitions_per_s": bench.summarize([m * args.send_size for m in msgs]),
-                "mb_per_s": bench.summarize([m * msg_bytes / 1e6 for m in msgs]),
-            }
 
-        server = bench.start_replay_server(children, base, overrides, shape, profile_path)
-        probe = bench.ReplayProbe(ctx, config.net.sample_port)
-        sampler_counts = bench.shared_counters(3)
-        sampler_stop = bench.MP.Event()
-        sampler = children.spawn(
-            "sampler", sampler_main, base, overrides, shape, sampler_counts, sampler_stop, stop=sampler_stop
+
+def measure_raw_references(children: Children, args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """Raw PUSH/PULL with distdqn's socket options and (not in --quick) with ZeroMQ's defaults."""
+    out: dict[str, Any] = {}
+    for key, distdqn_options in (("raw_distdqn_options", True), ("raw_default_options", False)):
+        if args.no_raw or (args.quick and not distdqn_options):
+            break
+        send_hwm = setup.config.net.send_hwm
+        msgs = measure_raw(
+            children, setup.shape, args.send_size, args.pushers, send_hwm, args.duration, args.repeats, distdqn_options
         )
-        rate, sent, push_stop = bench.shared_floats(1), bench.shared_counters(args.pushers), bench.MP.Event()
-        pushers = [
-            children.spawn(
-                f"pusher-{i}",
-                bench.pusher_main,
-                i,
-                config.net.ingest_port,
-                shape,
-                args.send_size,
-                send_hwm,
-                rate,
-                sent,
-                push_stop,
-                0,
-                stop=push_stop,
-            )
-            for i in range(args.pushers)
-        ]
-        bench.wait_for(lambda: sampler_counts[0] >= 3, 2 * bench.READY_TIMEOUT_S, "the first sampled batches", children)
-        if not args.no_wrap:
-            # Fresh pages of the (lazily zeroed) storage cost a page fault each: measure the steady state,
-            # after every slot has been written once, as a long run would see it.
-            bench.wait_for(
-                lambda: probe.stats()["inserted"] >= args.capacity,
-                max(60.0, args.capacity / 2_000),
-                f"the buffer to fill to capacity ({args.capacity:,}); lower --capacity or pass --no-wrap",
-                children,
-            )
-        time.sleep(SETTLE_S)
-        phases: dict[str, list[dict[str, float]]] = {"ingest": [], "sample_at_rate": []}
-        for _ in range(args.repeats):
-            rate[0] = 0.0
-            time.sleep(SETTLE_S)
-            phases["ingest"].append(_window(probe, sampler_counts, sent, args.duration))
-            rate[0] = args.ingest_rate / args.pushers
-            time.sleep(SETTLE_S)
-            phases["sample_at_rate"].append(_window(probe, sampler_counts, sent, args.duration))
-            children.check_alive()
-        final = probe.stats()
-        results["batches_by_shared_memory"] = sampler_counts[2] / max(sampler_counts[0], 1)
-        probe.close()
-        children.stop([*pushers, sampler, server])
+        out[key] = {
+            "messages_per_s": summarize(msgs),
+            "transitions_per_s": summarize([m * args.send_size for m in msgs]),
+            "mb_per_s": summarize([m * setup.msg_bytes / 1e6 for m in msgs]),
+        }
+    return out
 
+
+@dataclasses.dataclass
+class Traffic:
+    """The replay server under load: its probe, the sampling learner's counters, the pushers' controls."""
+
+    probe: ReplayProbe
+    sampler_counts: Any
+    rate: Any
+    sent: Any
+    processes: list[Any]
+
+
+def start_traffic(children: Children, ctx: zmq.Context, args: argparse.Namespace, setup: Setup) -> Traffic:
+    net = setup.config.net
+    server = start_replay_server(children, setup.base, setup.overrides, setup.shape, setup.profile_path)
+    probe = ReplayProbe(ctx, net.sample_port)
+    sampler_counts, sampler_stop = shared_counters(3), MP.Event()
+    sampler_args = (setup.base, setup.overrides, setup.shape, sampler_counts, sampler_stop)
+    sampler = children.spawn("sampler", sampler_main, *sampler_args, stop=sampler_stop)
+    rate, sent, push_stop = shared_floats(1), shared_counters(args.pushers), MP.Event()
+    pushers = []
+    for i in range(args.pushers):
+        pusher_args = (i, net.ingest_port, setup.shape, args.send_size, net.send_hwm, rate, sent, push_stop, 0)
+        pushers.append(children.spawn(f"pusher-{i}", pusher_main, *pusher_args, stop=push_stop))
+    return Traffic(probe, sampler_counts, rate, sent, [*pushers, sampler, server])
+
+
+def wait_for_steady_state(children: Children, args: argparse.Namespace, traffic: Traffic) -> None:
+    wait_for(lambda: traffic.sampler_counts[0] >= 3, 2 * READY_TIMEOUT_S, "the first sampled batches", children)
+    if not args.no_wrap:
+        # Fresh pages of the (lazily zeroed) storage cost a page fault each: measure the steady state,
+        # after every slot has been written once, as a long run would see it.
+        wait_for(
+            lambda: traffic.probe.stats()["inserted"] >= args.capacity,
+            max(60.0, args.capacity / 2_000),
+            f"the buffer to fill to capacity ({args.capacity:,}); lower --capacity or pass --no-wrap",
+            children,
+        )
+    time.sleep(SETTLE_S)
+
+
+def measure_phases(children: Children, args: argparse.Namespace, traffic: Traffic) -> dict[str, list[dict[str, float]]]:
+    """Windows of ingest flat out and of ingest capped at --ingest-rate, alternating."""
+    phases: dict[str, list[dict[str, float]]] = {"ingest": [], "sample_at_rate": []}
+    for _ in range(args.repeats):
+        traffic.rate[0] = 0.0
+        time.sleep(SETTLE_S)
+        phases["ingest"].append(_window(traffic.probe, traffic.sampler_counts, traffic.sent, args.duration))
+        traffic.rate[0] = args.ingest_rate / args.pushers
+        time.sleep(SETTLE_S)
+        phases["sample_at_rate"].append(_window(traffic.probe, traffic.sampler_counts, traffic.sent, args.duration))
+        children.check_alive()
+    return phases
+
+
+def measure(args: argparse.Namespace, setup: Setup, results: dict[str, Any]) -> None:
+    """The measured run; its numbers go into `results`."""
+    if setup.profile_path:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with Children() as children, zmq_context() as ctx:
+        results.update(measure_raw_references(children, args, setup))
+        traffic = start_traffic(children, ctx, args, setup)
+        wait_for_steady_state(children, args, traffic)
+        phases = measure_phases(children, args, traffic)
+        final = traffic.probe.stats()
+        results["batches_by_shared_memory"] = traffic.sampler_counts[2] / max(traffic.sampler_counts[0], 1)
+        traffic.probe.close()
+        children.stop(traffic.processes)
+    add_phase_results(results, phases, final, setup)
+
+
+def add_phase_results(
+    results: dict[str, Any], phases: dict[str, list[dict[str, float]]], final: dict[str, Any], setup: Setup
+) -> None:
     for phase, windows in phases.items():
         results[phase] = {
-            key: bench.summarize([w[key] for w in windows])
+            key: summarize([w[key] for w in windows])
             for key in ("ingest", "pushed", "batches", "sampled", "wait_fraction")
         }
-        results[phase]["ingest_mb_per_s"] = bench.summarize([w["ingest"] * row_bytes / 1e6 for w in windows])
-        results[phase]["batch_mb_per_s"] = bench.summarize([w["batches"] * batch_bytes / 1e6 for w in windows])
+        results[phase]["ingest_mb_per_s"] = summarize([w["ingest"] * setup.row_bytes / 1e6 for w in windows])
+        results[phase]["batch_mb_per_s"] = summarize([w["batches"] * setup.batch_bytes / 1e6 for w in windows])
     results["server_rejected"] = final.get("rejected", {})
     results["server_inserted"] = final.get("inserted")
     ingest_median = results["ingest"]["ingest"]["median"]
     raw = results.get("raw_distdqn_options", {}).get("transitions_per_s", {}).get("median")
     raw_default = results.get("raw_default_options", {}).get("transitions_per_s", {}).get("median")
     results["ratios"] = {
-        "ingest_vs_raw_distdqn_options": bench.ratio(ingest_median, raw),
-        "ingest_vs_raw_default_options": bench.ratio(ingest_median, raw_default),
-        "raw_distdqn_vs_default_options": bench.ratio(raw, raw_default),
+        "ingest_vs_raw_distdqn_options": ratio(ingest_median, raw),
+        "ingest_vs_raw_default_options": ratio(ingest_median, raw_default),
+        "raw_distdqn_vs_default_options": ratio(raw, raw_default),
     }
 
+
+def print_report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     rows = []
     for key, label in (
         ("raw_distdqn_options", "raw PUSH/PULL, distdqn socket options"),
@@ -331,27 +302,35 @@ def main() -> int:
                 r["batch_mb_per_s"]["median"],
             ]
         )
-    bench.print_table(
+    print_table(
         f"{NAME} ({args.size}, medians of {args.repeats} x {args.duration:g} s)",
         ["phase", "transitions/s", "MB/s in", f"batches/s ({args.batch_size})", "MB/s out"],
         rows,
     )
     ratios = results["ratios"]
     print(
-        f"ingest / raw (same socket options): {bench.fmt(ratios['ingest_vs_raw_distdqn_options'])}   "
-        f"ingest / raw (zmq defaults): {bench.fmt(ratios['ingest_vs_raw_default_options'])}   "
-        f"raw distdqn / raw default options: {bench.fmt(ratios['raw_distdqn_vs_default_options'])}"
+        f"ingest / raw (same socket options): {fmt(ratios['ingest_vs_raw_distdqn_options'])}   "
+        f"ingest / raw (zmq defaults): {fmt(ratios['ingest_vs_raw_default_options'])}   "
+        f"raw distdqn / raw default options: {fmt(ratios['raw_distdqn_vs_default_options'])}"
     )
     print(f"batches through the learner's shared-memory batch file: {results['batches_by_shared_memory']:.0%}")
     print(
         f"goals: ingest >= {GOAL_INGEST[args.size]:,}/s; batches/s at {args.ingest_rate:,.0f}/s ingest >= "
         f"{GOAL_BATCHES_AT_RATE:g} (Atari size)   server rejected: {results['server_rejected'] or 'none'}"
     )
-    if profile_path:
-        results["profile_replay"] = bench.print_profile(profile_path, "replay server")
-    bench.write_result(NAME, args.json, args, results)
+
+
+def main() -> int:
+    args = parse_args()
+    setup = set_up(args)
+    results = run_description(args, setup)
+    measure(args, setup, results)
+    print_report(args, results)
+    if setup.profile_path:
+        results["profile_replay"] = print_profile(setup.profile_path, "replay server")
+    write_result(NAME, args.json, args, results)
     return 0 if not results["server_rejected"] else 1
 
 
 if __name__ == "__main__":
-    bench.run_benchmark(main)
+    run_benchmark(main)

@@ -17,22 +17,17 @@ the transport; shm/control is what shared memory saves.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import dataclasses
+import struct
+import time
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: benchmarks/ must not shadow the project's `common` package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import dataclasses  # noqa: E402
-import struct  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import zmq  # noqa: E402
-
-from benchmarks import common as bench  # noqa: E402
+import zmq
+from harness.entry import base_parser, run_benchmark
+from harness.processes import MP, Children, free_port_base, wait_for, zmq_context
+from harness.report import fmt, percentiles, print_table, ratio, write_result
+from harness.traffic import run_config
 
 NAME = "weights_latency"
 # subscriber index, weight version (-1: "I am up"), applied at (monotonic ns), decode + apply (ns),
@@ -88,7 +83,7 @@ def subscriber_main(
     def load(arrays: Any) -> None:
         load_numpy_weights(models[frozenset(arrays)], arrays)
 
-    config = bench.run_config(port_base, [])
+    config = run_config(port_base, [])
     ctx = zmq.Context()
     link = LearnerLink("127.0.0.1", config.net.learner_port, role="actor", ctx=ctx)
     link.subscribe(config)
@@ -230,9 +225,9 @@ def run_phase(
         "publisher": mode,
         "params": int(sum(p.numel() for p in model.parameters())),
         "message_bytes": int(sum(t.numel() * t.element_size() for t in model.state_dict().values())),
-        "latency_ms": {**bench.percentiles(latencies, (50, 90, 99)), "max": max(latencies, default=None)},
-        "apply_ms_p50": bench.percentiles(costs, (50,))["p50"],
-        "publish_call_ms_p50": bench.percentiles([c / 1e6 for c in publisher.call_ns], (50,))["p50"],
+        "latency_ms": {**percentiles(latencies, (50, 90, 99)), "max": max(latencies, default=None)},
+        "apply_ms_p50": percentiles(costs, (50,))["p50"],
+        "publish_call_ms_p50": percentiles([c / 1e6 for c in publisher.call_ns], (50,))["p50"],
         "delivered": len(latencies),
         "expected": expected,
         "delivered_fraction": len(latencies) / expected if expected else None,
@@ -240,8 +235,8 @@ def run_phase(
     }
 
 
-def main() -> int:
-    parser = bench.base_parser(__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=0, help="actor-like subscribers (default 8; quick 2)")
     parser.add_argument("--publishes", type=int, default=0, help="measured publications per phase (default 100)")
     parser.add_argument("--period-ms", type=float, default=0.0, help="time between publications (default 100)")
@@ -252,41 +247,29 @@ def main() -> int:
     args.subscribers = args.subscribers or (2 if args.quick else 8)
     args.publishes = args.publishes or (10 if args.quick else 100)
     args.period_ms = args.period_ms or (40.0 if args.quick else 100.0)
-    specs = [NETS[name] for name in args.nets.split(",")]
-    # control before shm: turning sharing off and on again gives each network a file of its own layout
-    modes = ["control", "raw", "shm"] if args.publisher == "all" else [args.publisher]
-    base = bench.free_port_base(4)
-    config = bench.run_config(base, [])
+    return args
+
+
+def measure(args: argparse.Namespace, specs: list[NetSpec], modes: list[str]) -> list[dict[str, Any]]:
+    """The measured run: start the subscribers, then one phase per network and publisher."""
+    base = free_port_base(4)
+    config = run_config(base, [])
     raw_port, report_port = base + 2, base + 3  # the replay ports of this config, unused here
-    print(
-        f"{NAME}: {args.subscribers} subscribers, {args.publishes} publications every {args.period_ms:g} ms "
-        f"per phase, networks {args.nets}, publishers {', '.join(modes)}"
-    )
     phases = []
-    with bench.Children() as children, bench.zmq_context() as ctx:
+    with Children() as children, zmq_context() as ctx:
         reports = Reports(ctx, report_port)
         publisher = Publisher(ctx, config, raw_port, modes)
-        stop = bench.MP.Event()
+        stop = MP.Event()
         try:
             for i in range(args.subscribers):
-                children.spawn(
-                    f"subscriber-{i}",
-                    subscriber_main,
-                    i,
-                    base,
-                    raw_port,
-                    report_port,
-                    specs,
-                    args.actor_step_ms,
-                    stop,
-                    stop=stop,
-                )
+                sub_args = (i, base, raw_port, report_port, specs, args.actor_step_ms, stop)
+                children.spawn(f"subscriber-{i}", subscriber_main, *sub_args, stop=stop)
 
             def all_up() -> bool:
                 reports.collect(time.monotonic_ns() + 50_000_000)
                 return len(reports.up) >= args.subscribers
 
-            bench.wait_for(all_up, READY_TIMEOUT_S, "every subscriber to start", children)
+            wait_for(all_up, READY_TIMEOUT_S, "every subscriber to start", children)
             for spec in specs:
                 for mode in modes:
                     phases.append(
@@ -297,14 +280,30 @@ def main() -> int:
             stop.set()
             publisher.close()
             reports.close()
+    return phases
 
+
+def ratios_of(specs: list[NetSpec], phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50 latency of control vs. raw (the control thread's cost) and of shm vs. control, per network."""
+    ratios: dict[str, Any] = {}
+    for spec in specs:
+        by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
+        for a, b in (("control", "raw"), ("shm", "control")):
+            if a in by_mode and b in by_mode:
+                ratios[f"{spec.name}_p50_{a}_vs_{b}"] = ratio(
+                    by_mode[a]["latency_ms"]["p50"], by_mode[b]["latency_ms"]["p50"]
+                )
+    return ratios
+
+
+def print_report(args: argparse.Namespace, phases: list[dict[str, Any]], ratios: dict[str, Any]) -> None:
     rows = []
     for p in phases:
         lat = p["latency_ms"]
         row = [f"{p['network']} / {p['publisher']}", p["params"], p["message_bytes"] / 1e6]
         row += [lat["p50"], lat["p90"], lat["p99"], lat["max"], p["apply_ms_p50"], p["publish_call_ms_p50"]]
         rows.append([*row, 100 * (p["delivered_fraction"] or 0), 100 * (p["shared_memory_fraction"] or 0)])
-    bench.print_table(
+    print_table(
         f"{NAME}: publish -> applied by {args.subscribers} subscribers, ms",
         [
             "network / publisher",
@@ -321,20 +320,26 @@ def main() -> int:
         ],
         rows,
     )
-    ratios: dict[str, Any] = {}
-    for spec in specs:
-        by_mode = {p["publisher"]: p for p in phases if p["network"] == spec.name}
-        for a, b in (("control", "raw"), ("shm", "control")):
-            if a in by_mode and b in by_mode:
-                ratios[f"{spec.name}_p50_{a}_vs_{b}"] = bench.ratio(
-                    by_mode[a]["latency_ms"]["p50"], by_mode[b]["latency_ms"]["p50"]
-                )
     if ratios:
-        print("  ".join(f"{k}: {bench.fmt(v)}" for k, v in ratios.items()))
+        print("  ".join(f"{k}: {fmt(v)}" for k, v in ratios.items()))
     print(
         f"goal (Nature CNN, 8 subscribers): p50 <= {GOAL_P50_MS:g} ms, p99 <= {GOAL_P99_MS:g} ms. "
         "'apply' is the subscriber's drain + decode + load_numpy_weights; 'publish' the publisher's call."
     )
+
+
+def main() -> int:
+    args = parse_args()
+    specs = [NETS[name] for name in args.nets.split(",")]
+    # control before shm: turning sharing off and on again gives each network a file of its own layout
+    modes = ["control", "raw", "shm"] if args.publisher == "all" else [args.publisher]
+    print(
+        f"{NAME}: {args.subscribers} subscribers, {args.publishes} publications every {args.period_ms:g} ms "
+        f"per phase, networks {args.nets}, publishers {', '.join(modes)}"
+    )
+    phases = measure(args, specs, modes)
+    ratios = ratios_of(specs, phases)
+    print_report(args, phases, ratios)
     results = {
         "subscribers": args.subscribers,
         "period_ms": args.period_ms,
@@ -343,10 +348,10 @@ def main() -> int:
         "goals": {"nature_cnn_p50_ms": GOAL_P50_MS, "nature_cnn_p99_ms": GOAL_P99_MS},
         "latency_ms_per_subscriber_version": "publish start (before any copy) -> load_numpy_weights done",
     }
-    bench.write_result(NAME, args.json, args, results)
+    write_result(NAME, args.json, args, results)
     ok = all(p["delivered"] > 0 for p in phases)
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    bench.run_benchmark(main)
+    run_benchmark(main)

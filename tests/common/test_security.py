@@ -10,7 +10,7 @@ import dataclasses
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from common.security import (
 )
 from common.sockets import bind, free_port_base, make_socket, require_secure_bind
 from common.wire import Encoder, decode, kind_prefix
+from tests.helpers import wait_for
 
 NOTHING_WAIT_S = 1.0
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
@@ -60,13 +61,6 @@ def keys(tmp_path: Path) -> Keys:
     authorized = tmp_path / "authorized"
     authorized.mkdir(mode=0o755)
     return Keys(server_public, server_secret, authorized, tmp_path / "keys")
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @dataclass
@@ -160,7 +154,7 @@ def test_a_refused_client_gets_nothing_and_is_counted(
         assert not server.router.poll(0), f"ROUTER received from a {who} client"
         assert not sub.poll(0), f"a {who} subscriber received a broadcast"
     # One refusal per socket at least (each may retry and be refused again).
-    _wait_for(lambda: server.security.denied >= 3)
+    wait_for(lambda: server.security.denied >= 3)
     assert set(server.security.refusals.by_reason()) == {reason}
 
 
@@ -172,7 +166,7 @@ def test_a_key_added_to_the_directory_is_accepted_without_a_restart(
     secure_client(first, late)
     first.connect(f"tcp://127.0.0.1:{server.ports['pull']}")
     first.send(b"too early")
-    _wait_for(lambda: server.security.denied >= 1)
+    wait_for(lambda: server.security.denied >= 1)
     assert not server.pull.poll(200)
     shutil.copy(keys.dir / "late.key", keys.authorized_dir / "late.key")
     second = make_socket(client_ctx, zmq.PUSH)
@@ -273,8 +267,8 @@ def test_the_replay_server_stores_only_authorized_transitions_and_reports_refusa
             secure_client(push, curve)
             push.connect(f"tcp://127.0.0.1:{port}")
             push.send_multipart(Encoder(f"actor-{index}")("transitions", {"actor_index": index}, _transitions(8)))
-        _wait_for(lambda: server.buffer.inserted_total == 8)
-        _wait_for(lambda: server.security is not None and server.security.denied >= 2)
+        wait_for(lambda: server.buffer.inserted_total == 8)
+        wait_for(lambda: server.security is not None and server.security.denied >= 2)
         time.sleep(NOTHING_WAIT_S)
         assert dict(server.stored_by_actor) == {1: 8}
         # The learner's own connection: the server key pair is implicitly authorized.
@@ -327,7 +321,7 @@ def test_the_control_server_gives_weights_and_welcomes_only_to_authorized_actors
             control.set_weights(3, {"w": np.ones(4, np.float32)})
             assert not plain_sub.poll(20), "a plaintext subscriber received weights"
             assert not plain_dealer.poll(0), "a plaintext client was answered"
-        _wait_for(lambda: control.unauthenticated >= 2)
+        wait_for(lambda: control.unauthenticated >= 2)
     finally:
         control.close()
         ctx.destroy(linger=0)

@@ -32,6 +32,7 @@ from common.sockets import free_port_base, make_socket
 from common.wire import Encoder, decode
 from learner.control import ControlServer
 from replay.server import ReplayServer
+from tests.helpers import wait_for
 from tests.integration import other_user_client
 from tests.integration.curve_client import transitions
 
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 INTRUDER = Path(__file__).resolve().parent / "other_user_client.py"
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 NOBODY = 65534
+WAIT_S = 10.0
 
 
 def _as_nobody(work) -> dict:
@@ -68,13 +70,6 @@ def _as_nobody(work) -> dict:
 
 
 RESULT = {"returns": np.full(3, 10.0, np.float32), "lengths": np.full(3, 10, np.int64)}
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -147,7 +142,7 @@ def test_another_local_user_gets_nothing_from_any_port(run_keys: Path) -> None:
             got[mode].pop("queued_push")  # what arrived is the server's to say: nothing, below
             assert not any(got[mode].values()), (mode, got[mode])
         assert replay.buffer.inserted_total == 0
-        _wait_for(lambda: control.security.refusals.total >= 4 and replay.security.refusals.total >= 4)
+        wait_for(lambda: control.security.refusals.total >= 4 and replay.security.refusals.total >= 4, timeout=WAIT_S)
         assert control.registry.env_steps == 0 and not control.eval_results
         # The run's own actor, meanwhile, is served.
         ctx = zmq.Context()
@@ -198,17 +193,17 @@ def test_roles_actor_keys_cannot_sample_or_report_evaluations(run_keys: Path) ->
         actor.send("control", "hello", {"role": "actor", "actor_index": 0})
         assert actor.reply("control").kind == "welcome"
         actor.send("ingest", "transitions", {"actor_index": 0}, transitions(16))
-        _wait_for(lambda: replay.buffer.inserted_total == 16)  # an actor may push
+        wait_for(lambda: replay.buffer.inserted_total == 16, timeout=WAIT_S)  # an actor may push
         # ... but not sample, send priorities, ask for a snapshot, or pose as an evaluator.
         actor.send("sample", "sample", {"batch_size": 4, "beta": 0.4})
         assert actor.reply("sample").meta["reason"] == "not_learner"
         index = {"index": np.zeros(1, np.int64), "id": np.zeros(1, np.int64), "priority": np.ones(1, np.float32)}
         actor.send("sample", "priorities", {}, index)
         actor.send("sample", "snapshot_request")
-        _wait_for(lambda: replay.rejected["not_learner"] == 3)
+        wait_for(lambda: replay.rejected["not_learner"] == 3, timeout=WAIT_S)
         actor.send("control", "eval_result", {"weight_version": 1}, RESULT)
         actor.send("control", "hello", {"role": "evaluator", "actor_index": 0})
-        _wait_for(lambda: control.rejected["not_evaluator"] == 1)
+        wait_for(lambda: control.rejected["not_evaluator"] == 1, timeout=WAIT_S)
         assert actor.reply("control").kind == "error"
         evaluator.send("control", "hello", {"role": "actor", "actor_index": 1})  # an evaluator key is no actor
         assert evaluator.reply("control").meta["reason"] == "role_not_authorized"
@@ -216,7 +211,7 @@ def test_roles_actor_keys_cannot_sample_or_report_evaluations(run_keys: Path) ->
         evaluator.send("control", "hello", {"role": "evaluator", "actor_index": 0})
         assert evaluator.reply("control").kind == "welcome"
         evaluator.send("control", "eval_result", {"weight_version": 1}, RESULT)
-        _wait_for(lambda: len(control.eval_results) == 1)
+        wait_for(lambda: len(control.eval_results) == 1, timeout=WAIT_S)
         evaluator.send("sample", "sample", {"batch_size": 4, "beta": 0.4})
         assert evaluator.reply("sample").meta["reason"] == "not_learner"
         learner.send("sample", "sample", {"batch_size": 4, "beta": 0.4})
@@ -239,11 +234,11 @@ def test_a_flat_allowlist_still_admits_its_keys_as_actor_and_evaluator(tmp_path:
         actor.send("control", "hello", {"role": "actor", "actor_index": 0})
         assert actor.reply("control").kind == "welcome"
         actor.send("ingest", "transitions", {"actor_index": 0}, transitions(8))
-        _wait_for(lambda: replay.buffer.inserted_total == 8)
+        wait_for(lambda: replay.buffer.inserted_total == 8, timeout=WAIT_S)
         evaluator.send("control", "hello", {"role": "evaluator", "actor_index": 0})
         assert evaluator.reply("control").kind == "welcome"
         evaluator.send("control", "eval_result", {"weight_version": 1}, RESULT)
-        _wait_for(lambda: len(control.eval_results) == 1)
+        wait_for(lambda: len(control.eval_results) == 1, timeout=WAIT_S)
         actor.send("sample", "sample", {"batch_size": 4, "beta": 0.4})
         assert actor.reply("sample").meta["reason"] == "not_learner"
         ctx.destroy(linger=0)
@@ -257,6 +252,6 @@ def test_local_actors_push_over_the_private_ipc_socket(run_keys: Path) -> None:
         push = make_socket(ctx, zmq.PUSH, linger_ms=1000)
         push.connect(replay.local_ingest_address)
         push.send_multipart(Encoder("local-actor")("transitions", {"actor_index": 0}, transitions(8)))
-        _wait_for(lambda: replay.buffer.inserted_total == 8)
+        wait_for(lambda: replay.buffer.inserted_total == 8, timeout=WAIT_S)
         ctx.destroy(linger=0)
     assert oct((run_keys).stat().st_mode & 0o777) == "0o700"  # what keeps other users off the socket

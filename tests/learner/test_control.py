@@ -19,13 +19,7 @@ from common.sockets import free_port_base
 from common.wire import Encoder, decode, encode
 from learner.control import ControlServer
 from learner.weight_replies import MAX_PENDING
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+from tests.helpers import wait_for
 
 
 def test_bad_control_messages_are_refused_and_counted_then_service_goes_on() -> None:
@@ -56,7 +50,7 @@ def test_bad_control_messages_are_refused_and_counted_then_service_goes_on() -> 
         big = ctx.socket(zmq.DEALER)
         big.connect(f"tcp://127.0.0.1:{config.net.learner_port}")
         big.send_multipart([b"x" * ((1 << 20) + 1)])
-        _wait_for(lambda: sum(control.rejected.values()) == 4)
+        wait_for(lambda: sum(control.rejected.values()) == 4)
         assert control.rejected == {"bad_header": 1, "unexpected_kind": 1, "bad_shape": 1, "wrong_version": 1}
 
         # Still serving: a hello is welcomed and the weights come back.
@@ -146,18 +140,18 @@ def test_only_an_evaluator_reports_evaluations(served) -> None:
         for _ in range(3):
             forger.send("eval_result", {"weight_version": 1}, result)
     assert stranger.reply().meta["reason"] == "hello_first"  # a restarted learner asks for the hello again
-    _wait_for(lambda: control.rejected["not_evaluator"] == 6)
+    wait_for(lambda: control.rejected["not_evaluator"] == 6)
     evaluator.send("eval_result", {"weight_version": 1}, result)
-    _wait_for(lambda: len(control.eval_results) == 1)
+    wait_for(lambda: len(control.eval_results) == 1)
     assert control.take_statistics()[1][0][0] == 1
     evaluator.stats(0, 10**6)  # nor does an evaluator count steps
-    _wait_for(lambda: control.rejected["not_actor"] == 1)
+    wait_for(lambda: control.rejected["not_actor"] == 1)
     assert control.env_steps == 0
     # A connection cannot change its role, nor name one no peer may take.
     actor.send("hello", {"role": "evaluator", "actor_index": 0})
     stranger.send("hello", {"role": "learner", "actor_index": 0})
     assert actor.reply().kind == "error" and stranger.reply().kind == "error"
-    _wait_for(lambda: control.rejected["role_changed"] == 1 and control.rejected["bad_role"] == 1)
+    wait_for(lambda: control.rejected["role_changed"] == 1 and control.rejected["bad_role"] == 1)
 
 
 def test_env_steps_are_monotone_and_bounded_per_report(served) -> None:
@@ -165,17 +159,17 @@ def test_env_steps_are_monotone_and_bounded_per_report(served) -> None:
     actor = _Peer(ctx, port)
     index = actor.hello()["actor_index"]
     actor.stats(index, 1000)
-    _wait_for(lambda: control.env_steps == 1000)
+    wait_for(lambda: control.env_steps == 1000)
     begun = time.monotonic()
     actor.stats(index, 2**39)
     actor.stats(index, 500)  # below the last report: refused, not subtracted
-    _wait_for(lambda: control.rejected["steps_implausible"] == 1 and control.rejected["counter_backwards"] == 1)
+    wait_for(lambda: control.rejected["steps_implausible"] == 1 and control.rejected["counter_backwards"] == 1)
     burst = control.registry.burst
     assert 1000 < control.env_steps <= 1000 + burst
     # No more than the rate allows from then on, however often and however far it reports.
     for i in range(1, 51):
         actor.stats(index, 2**39 + i * 10**9)  # the wire allows up to 2^40
-    _wait_for(lambda: control.rejected["steps_implausible"] == 51)
+    wait_for(lambda: control.rejected["steps_implausible"] == 51)
     allowed = (time.monotonic() - begun) * control.registry.steps_per_s
     assert control.env_steps <= 1000 + burst + allowed < 10**7
 
@@ -191,17 +185,17 @@ def test_hellos_naming_live_actors_reset_nothing_and_retries_get_the_same_index(
     assert {actor.reply().meta["actor_index"] for _ in range(5)} == {index}
     assert len(control.registry.records) == 1
     actor.stats(index, 10_000)
-    _wait_for(lambda: control.env_steps == 10_000)
+    wait_for(lambda: control.env_steps == 10_000)
     others = [_Peer(ctx, port, f"other-{i}") for i in range(10)]
     for i, other in enumerate(others):
         other.hello(index, instance=f"other-{i}")
     actor.stats(index, 11_000)
-    _wait_for(lambda: control.registry.records[("instance", "a" * 16)].env_steps == 11_000)
+    wait_for(lambda: control.registry.records[("instance", "a" * 16)].env_steps == 11_000)
     assert control.env_steps == 11_000
     # Nor can another connection report for it: one it never heard of counts from its first report on.
     stranger = _Peer(ctx, port, "stranger")
     stranger.stats(index, 50_000)
-    _wait_for(lambda: len(control.registry.records) == 12)
+    wait_for(lambda: len(control.registry.records) == 12)
     assert control.env_steps == 11_000
     assert control.registry.records[("instance", "a" * 16)].env_steps == 11_000
 
@@ -217,7 +211,7 @@ def test_a_hello_flood_makes_a_bounded_number_of_records_and_writes_no_forged_lo
     for peer in peers:
         peer.send("hello", {"role": "actor", "actor_index": -1, "host": forged_host})
     limit = control.registry.max_records
-    _wait_for(lambda: sum(control.rejected.values()) >= 299 + 100 - (limit - 1), timeout=20)
+    wait_for(lambda: sum(control.rejected.values()) >= 299 + 100 - (limit - 1), timeout=20)
     assert len(control.registry.records) <= limit
     assert control.rejected["one_actor_per_connection"] == 299
     assert control.rejected["too_many_actors"] == 100 - (limit - 1)
@@ -254,7 +248,7 @@ def test_get_weights_is_answered_at_a_bounded_rate_and_never_queued_for_peers_th
             time.sleep(0.25)
             most_pending = max(most_pending, len([t for t in control._weight_replies._pending if not t.done]))
     assert most_pending <= MAX_PENDING
-    _wait_for(lambda: control.rejected["weights_unread"] + control.rejected["weights_busy"] > 0)
+    wait_for(lambda: control.rejected["weights_unread"] + control.rejected["weights_busy"] > 0)
     for peer in [greedy, *silent]:
         peer.close()
 
@@ -264,11 +258,11 @@ def test_actor_stats_are_bounded_in_size_and_episodes(served) -> None:
     actor = _Peer(ctx, port)
     index = actor.hello()["actor_index"]
     actor.stats(index, 10, episodes=1100)  # 13 KB: within the size limit of actor_stats, but no actor finishes so many
-    _wait_for(lambda: control.rejected["too_many_episodes"] == 1)
+    wait_for(lambda: control.rejected["too_many_episodes"] == 1)
     big = _Peer(ctx, port, "big")
     big.stats(index, 10, episodes=200_000)  # 2.4 MB: never reaches a decoder
     actor.stats(index, 20, episodes=3)
-    _wait_for(lambda: control.env_steps == 20)
+    wait_for(lambda: control.env_steps == 20)
     assert control.take_statistics()[0] == [1.0, 1.0, 1.0]
     big.close()
 
@@ -284,7 +278,7 @@ def test_one_message_that_breaks_a_handler_is_counted_and_the_thread_keeps_servi
     index = actor.hello()["actor_index"]
     for _ in range(3):
         actor.stats(index, 10)
-    _wait_for(lambda: control.rejected["handler_error"] == 3)
+    wait_for(lambda: control.rejected["handler_error"] == 3)
     assert control.is_alive()
     assert actor.hello()["actor_index"] == index
     actor.send("get_weights")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from common.sockets import free_port_base
 from common.wire import Encoder, encode
 from replay.accounting import Ledger
 from replay.server import ReplayServer
+from tests.helpers import wait_for
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
@@ -132,13 +132,6 @@ def push_ctx() -> Iterator[zmq.Context]:
     ctx.destroy(linger=0)
 
 
-def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def test_every_transition_lands_in_one_column(config, push_ctx: zmq.Context, tmp_path: Path) -> None:
     running = _Running(ReplayServer(config, SPEC, run_dir=tmp_path))
     push = push_ctx.socket(zmq.PUSH)
@@ -160,7 +153,7 @@ def test_every_transition_lands_in_one_column(config, push_ctx: zmq.Context, tmp
     push.send_multipart([b"\xc1 not msgpack"])  # no header: counted, but nobody's
     push.send_multipart(send("stream_end", {"actor_index": 0, "stream": "s1", "sent": 130, "dropped": 4}))
     server = running.server
-    _wait_for(lambda: server.ledger.streams.get((0, "s1")) is not None and server.ledger.streams[(0, "s1")].closed)
+    wait_for(lambda: server.ledger.streams.get((0, "s1")) is not None and server.ledger.streams[(0, "s1")].closed)
     running.finish()
 
     record = server.ledger.streams[(0, "s1")]
@@ -190,7 +183,7 @@ def test_what_is_still_queued_at_a_stop_is_dropped_and_counted(config, push_ctx:
         sent += 64
     push.send_multipart(send("stream_end", {"actor_index": 1, "stream": "q", "sent": sent, "dropped": 0}))
     server = running.server
-    _wait_for(lambda: server.buffer.inserted_total > 0 and server._held is not None)
+    wait_for(lambda: server.buffer.inserted_total > 0 and server._held is not None)
     running.finish()
     record = server.ledger.streams[(1, "q")]
     assert record.closed and record.dropped > 0 and record.stored + record.dropped == sent
@@ -240,7 +233,7 @@ def test_a_restored_server_counts_what_its_predecessor_lost(config, push_ctx: zm
     send = Encoder("actor-2")
     for i in range(3):
         push.send_multipart(send("transitions", _meta(64 * i, 64, stream="r", actor=2), _transitions(64)))
-    _wait_for(lambda: running.server.buffer.inserted_total == 192)
+    wait_for(lambda: running.server.buffer.inserted_total == 192)
     running.finish()  # snapshot at exit holds 192 transitions and the ledger
     push.close(linger=0)
 
@@ -252,7 +245,7 @@ def test_a_restored_server_counts_what_its_predecessor_lost(config, push_ctx: zm
     # 192..319 went to the old server after its snapshot (or were in flight when it died): gone.
     push.send_multipart(send("transitions", _meta(320, 64, stream="r", actor=2), _transitions(64)))
     push.send_multipart(send("stream_end", {"actor_index": 2, "stream": "r", "sent": 384, "dropped": 0}))
-    _wait_for(lambda: restored.ledger.streams[(2, "r")].closed)
+    wait_for(lambda: restored.ledger.streams[(2, "r")].closed)
     running.finish()
     record = restored.ledger.streams[(2, "r")]
     assert (record.stored, record.lost) == (256, 128) and record.balanced()
@@ -264,7 +257,7 @@ def test_an_unnumbered_producer_is_still_counted(config, push_ctx: zmq.Context) 
     push.connect(f"tcp://127.0.0.1:{config.net.ingest_port}")
     push.send_multipart(encode("transitions", {"actor_index": 4}, _transitions(8)))
     push.send_multipart(encode("transitions", {"actor_index": 4}, _transitions(8, action=9)))
-    _wait_for(lambda: sum(running.server.rejected.values()) == 1 and running.server.buffer.inserted_total == 8)
+    wait_for(lambda: sum(running.server.rejected.values()) == 1 and running.server.buffer.inserted_total == 8)
     running.finish()
     (record,) = running.server.ledger.streams.values()
     assert record.stored == 8 and record.rejected["bad_action"] == 8 and record.balanced()

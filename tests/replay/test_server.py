@@ -16,6 +16,9 @@ from common.envs import EnvSpec
 from common.sockets import free_port_base
 from common.wire import PROTOCOL_VERSION, Encoder, decode, encode
 from replay.server import ReplayServer
+from tests.helpers import wait_for
+
+_wait_for = wait_for  # tests/replay/test_attacks.py imports it by this name
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
@@ -50,13 +53,6 @@ def _transitions(n: int, *, obs_dim: int = 4, action: int = 0) -> dict[str, np.n
     }
 
 
-def _wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def test_bad_messages_are_counted_and_the_server_keeps_serving(server: ReplayServer) -> None:
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -81,8 +77,8 @@ def test_bad_messages_are_counted_and_the_server_keeps_serving(server: ReplaySer
     for frames in bad:
         push.send_multipart(frames)
     push.send_multipart(enc("transitions", {"actor_index": 3}, _transitions(64)))
-    _wait_for(lambda: server.buffer.inserted_total == 64)
-    _wait_for(lambda: sum(server.rejected.values()) == len(bad))
+    wait_for(lambda: server.buffer.inserted_total == 64)
+    wait_for(lambda: sum(server.rejected.values()) == len(bad))
     assert server.rejected["wrong_version"] == 1
     assert server.rejected["wrong_obs_spec"] == 1
     assert server.rejected["bad_action"] == 1
@@ -92,7 +88,7 @@ def test_bad_messages_are_counted_and_the_server_keeps_serving(server: ReplaySer
 
     # Sampling still works, and priority updates land.
     push.send_multipart(enc("transitions", {"actor_index": 3}, _transitions(64)))
-    _wait_for(lambda: server.buffer.inserted_total == 128)
+    wait_for(lambda: server.buffer.inserted_total == 128)
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{server.config.net.sample_port}")
     learner = Encoder("test-learner")
@@ -104,7 +100,7 @@ def test_bad_messages_are_counted_and_the_server_keeps_serving(server: ReplaySer
     dealer.send_multipart(
         learner("priorities", arrays={"index": index, "id": ids, "priority": np.full(32, 5.0, np.float32)})
     )
-    _wait_for(lambda: server.buffer.max_priority >= 5.0)
+    wait_for(lambda: server.buffer.max_priority >= 5.0)
 
     # A request with another protocol version gets a clear error reply, not silence.
     frames = learner("stats_request")
@@ -132,7 +128,7 @@ def test_oversized_message_is_dropped_by_the_socket(server: ReplayServer) -> Non
     push2 = ctx.socket(zmq.PUSH)
     push2.connect(f"tcp://127.0.0.1:{server.config.net.ingest_port}")
     push2.send_multipart(Encoder("ok")("transitions", {"actor_index": 0}, _transitions(16)))
-    _wait_for(lambda: server.buffer.inserted_total == 16)
+    wait_for(lambda: server.buffer.inserted_total == 16)
     ctx.destroy(linger=0)
 
 
@@ -146,7 +142,7 @@ def test_malformed_priority_update_is_rejected_not_fatal(server: ReplayServer) -
     dealer.send_multipart(enc("priorities", arrays=arrays))
     arrays = {"index": np.zeros(4, np.int64), "id": np.zeros(4, np.int64), "priority": np.ones((4, 3), np.float32)}
     dealer.send_multipart(enc("priorities", arrays=arrays))
-    _wait_for(lambda: server.rejected["bad_priorities"] == 2)
+    wait_for(lambda: server.rejected["bad_priorities"] == 2)
     dealer.send_multipart(enc("stats_request"))
     assert dealer.poll(5000), "the server stopped answering after a malformed priority update"
     assert decode(dealer.recv_multipart()).kind == "replay_stats"

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from common.wire import Encoder, decode
 from replay import snapshot as snap
 from replay.buffer import ReplayBuffer
 from replay.server import ACTOR_COUNTS_KEY, ReplayServer, transition_fields
+from tests.helpers import wait_for
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
@@ -74,13 +74,6 @@ def _assert_state_equal(a: dict, b: dict) -> None:
     for key in a:
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
         assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype, key
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 # ---- the file format -----------------------------------------------------------------------------
@@ -231,7 +224,7 @@ def test_server_snapshot_on_request_then_restore_is_exact(tmp_path: Path, run_se
         enc, actor = Encoder("test"), Encoder("actor")
         for i in range(25):  # 1600 transitions: the 1000-slot ring wraps
             push.send_multipart(actor("transitions", {"actor_index": i % 3}, _transitions(64, i)))
-        _wait_for(lambda: srv.buffer.inserted_total == 1600)
+        wait_for(lambda: srv.buffer.inserted_total == 1600)
         dealer.send_multipart(enc("sample", {"batch_size": 128, "beta": 0.5}))
         assert dealer.poll(5000)
         decode(dealer.recv_multipart(), expect=("batch",))
@@ -280,11 +273,11 @@ def test_server_snapshots_on_a_timer_and_at_exit(tmp_path: Path, caplog: pytest.
     target = tmp_path / "replay" / snap.SNAPSHOT
     ctx = zmq.Context()
     try:
-        _wait_for(target.exists)  # the timer, with nothing stored yet
+        wait_for(target.exists)  # the timer, with nothing stored yet
         push = ctx.socket(zmq.PUSH)
         push.connect(f"tcp://127.0.0.1:{config.net.ingest_port}")
         push.send_multipart(Encoder("actor")("transitions", {"actor_index": 0}, _transitions(64, 0)))
-        _wait_for(lambda: srv.buffer.inserted_total == 64)
+        wait_for(lambda: srv.buffer.inserted_total == 64)
     finally:
         ctx.destroy(linger=0)
         stop.set()
