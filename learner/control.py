@@ -183,7 +183,7 @@ class ControlServer(threading.Thread):
         finally:
             self.connections.close()
             self._wake_rx.close(linger=0)
-            self.router.close()
+            self.router.close(linger=0)  # see replay/endpoints.py: replies at exit are dropped, not flushed
             self._broadcast.close()
             if self.security is not None:
                 self.security.close()

@@ -67,8 +67,12 @@ class ReplayEndpoints:
         return self.security.denied if self.security is not None else 0
 
     def close(self) -> None:
-        for sock in (*self.ingest_sockets, self.requests):
+        for sock in self.ingest_sockets:
             sock.close()
+        # Replies still queued at exit are dropped, not flushed: the learner re-asks a restarted server
+        # anyway, and libzmq 4.3.5 can abort the process (assertion !_io_error) flushing to a peer
+        # whose input it had stopped, which a peer that floods requests and never reads brings about.
+        self.requests.close(linger=0)
         if self.security is not None:
             self.security.close()
         if self.owns_ctx:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,11 +90,14 @@ def test_peers_abusing_every_socket_cannot_stall_bloat_poison_or_forge_the_run(c
             f"training stalled after the attack\n{cluster.diagnostics()}"
         )
         code = cluster.wait_exit("learner", timeout_s=RUN_S + 60)
+        replay.send_signal(signal.SIGTERM)  # and replay, attacked too, still stops cleanly
+        replay_code = replay.wait(timeout=30)
     finally:
         attacker.close()
         ctx.destroy(linger=0)
     print(f"training again {back_after_s:.2f} s after the attack; RSS {rss_before} -> at most {most_rss} MB")
     assert code == 1, f"learner exit status {code} (1: not solved)\n{cluster.diagnostics()}"
+    assert replay_code == 0, f"replay exit status {replay_code} after SIGTERM\n{cluster.diagnostics()}"
     summary = json.loads((cluster.run_dir / "summary.json").read_text())
     assert summary["solved"] is False and summary["best_eval_return"] is None, summary
     assert summary["reason"].startswith("time budget"), summary

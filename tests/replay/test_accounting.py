@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def test_a_stream_end_sent_after_the_stop_still_closes_the_books(config, push_ct
     send = Encoder("actor-2")
     push.send_multipart(send("transitions", _meta(0, 64, stream="late", actor=2), _transitions(64)))
     server = running.server
-    _wait_for(lambda: server.buffer.inserted_total == 64)
+    wait_for(lambda: server.buffer.inserted_total == 64)
     running.stop.set()
     time.sleep(1.0)
     assert running.thread.is_alive(), "replay stopped reading while a stream was still open"
@@ -219,7 +220,7 @@ def test_a_stream_that_never_ends_holds_the_stop_only_for_the_grace(config, push
     push = push_ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{config.net.ingest_port}")
     push.send_multipart(Encoder("actor-3")("transitions", _meta(0, 64, stream="dead", actor=3), _transitions(64)))
-    _wait_for(lambda: running.server.buffer.inserted_total == 64)
+    wait_for(lambda: running.server.buffer.inserted_total == 64)
     running.finish()  # joins for at most 10 s
     assert not running.thread.is_alive()
     assert not running.server.ledger.streams[(3, "dead")].closed

@@ -7,7 +7,6 @@ import dataclasses
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from common.envs import EnvSpec, env_spec
 from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.server import ReplayServer
+from tests.helpers import wait_for
 
+WAIT_S = 10.0  # some of these floods take a while on a loaded machine
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
 
@@ -70,13 +71,6 @@ def _transitions(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def _push(ctx: zmq.Context, server: ReplayServer) -> zmq.Socket:
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{server.config.net.ingest_port}")
@@ -95,7 +89,7 @@ def _fill(ctx: zmq.Context, server: ReplayServer, n: int) -> None:
     push, enc = _push(ctx, server), Encoder("actor")
     for i in range(n // 64):
         push.send_multipart(enc("transitions", {"actor_index": 0}, _transitions(64, i)))
-    _wait_for(lambda: server.buffer.inserted_total >= n)
+    wait_for(lambda: server.buffer.inserted_total >= n, timeout=WAIT_S)
 
 
 def _reply(dealer: zmq.Socket, timeout_ms: int = 5000):
@@ -143,7 +137,7 @@ def test_pending_samples_are_bounded_per_peer_and_in_total(waiting_server: Repla
     for peer in peers:
         for _ in range(64):
             peer.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
-    _wait_for(lambda: len(srv._pending) + srv.rejected["pending_full"] == 64 + 16 * 64)
+    wait_for(lambda: len(srv._pending) + srv.rejected["pending_full"] == 64 + 16 * 64, timeout=WAIT_S)
     assert len(srv._pending) == 1024 and srv.rejected["pending_full"] == 64
     assert _stats(_dealer(ctx, srv))["rejected"]["pending_full"] == 64
 
@@ -167,7 +161,7 @@ def test_a_peer_that_never_reads_its_replies_cannot_freeze_the_server(server: Re
     address = f"tcp://127.0.0.1:{server.config.net.sample_port}"
     deaf = subprocess.Popen([sys.executable, "-c", _DEAF_PEER, address], cwd=Path(__file__).resolve().parents[2])
     try:
-        _wait_for(lambda: server.rejected["reply_failed"] > 0, timeout=60)
+        wait_for(lambda: server.rejected["reply_failed"] > 0, timeout=60)
         stats = _stats(_dealer(ctx, server))  # a well-behaved peer is still answered
         assert stats["rejected"]["reply_failed"] > 0
     finally:
@@ -184,7 +178,7 @@ def test_huge_integers_are_refused_and_replies_still_work(server: ReplayServer, 
     for stream in ("a", "b"):
         push.send_multipart(enc("stream_end", {"actor_index": 0, "stream": stream, "sent": huge, "dropped": 0}))
     push.send_multipart(enc("transitions", {"actor_index": huge}, _transitions(8)))
-    _wait_for(lambda: server.rejected["out_of_range"] == 3)
+    wait_for(lambda: server.rejected["out_of_range"] == 3, timeout=WAIT_S)
     learner = _dealer(ctx, server)
     assert _stats(learner)["rejected"]["out_of_range"] == 3
     learner.send_multipart(Encoder("learner")("snapshot_request"))
@@ -206,7 +200,7 @@ def test_an_exception_in_one_message_is_counted_and_the_server_goes_on(server: R
     arrays = {"index": np.zeros(4, np.int64), "id": np.zeros(4, np.int64), "priority": np.ones(4, np.float32)}
     for _ in range(3):
         learner.send_multipart(enc("priorities", arrays=arrays))
-    _wait_for(lambda: server.rejected["internal_error"] == 3)
+    wait_for(lambda: server.rejected["internal_error"] == 3, timeout=WAIT_S)
     learner.send_multipart(enc("sample", {"batch_size": 32, "beta": 0.4}))
     assert _reply(learner).kind == "batch"
     assert _stats(learner)["rejected"]["internal_error"] == 3 and len(calls) == 3
@@ -232,13 +226,13 @@ def test_the_stream_ledger_is_bounded(unlimited_server: ReplayServer, ctx) -> No
 
     for i in range(cap):
         send(f"s{i}")
-    _wait_for(lambda: srv.buffer.inserted_total == cap)
+    wait_for(lambda: srv.buffer.inserted_total == cap, timeout=WAIT_S)
     send("new")  # every stream open: a new one is refused, counted, and not silently dropped
-    _wait_for(lambda: srv.rejected["too_many_streams"] == 1)
+    wait_for(lambda: srv.rejected["too_many_streams"] == 1, timeout=WAIT_S)
     assert len(srv.ledger.streams) == cap
     push.send_multipart(enc("stream_end", {"actor_index": 1, "stream": "s0", "sent": 1, "dropped": 0}))
     send("new")  # now the closed stream makes room: forgotten, its columns kept in the totals
-    _wait_for(lambda: srv.buffer.inserted_total == cap + 1)
+    wait_for(lambda: srv.buffer.inserted_total == cap + 1, timeout=WAIT_S)
     assert len(srv.ledger.streams) == cap and (1, "s0") not in srv.ledger.streams
     assert srv.ledger.forgotten["streams"] == 1 and srv.ledger.totals()["stored"] == cap + 1
 
@@ -281,7 +275,7 @@ def test_huge_magnitudes_are_refused_and_accounted(cartpole_server: ReplayServer
         meta = {"actor_index": 2, "stream": "st", "sent_before": sent, "count": 8}
         push.send_multipart(enc("transitions", meta, data))
         sent += 8
-    _wait_for(lambda: srv.buffer.inserted_total == 8)
+    wait_for(lambda: srv.buffer.inserted_total == 8, timeout=WAIT_S)
     assert srv.rejected["obs_out_of_bounds"] == 2 and srv.rejected["reward_out_of_range"] == 1
     assert srv.rejected["bad_priority"] == 1
     record = srv.ledger.streams[(2, "st")]  # nothing silently lost: the refused rows are in the books
@@ -296,5 +290,5 @@ def test_huge_magnitudes_are_refused_and_accounted(cartpole_server: ReplayServer
             "priority": np.full(4, priority, np.float32),
         }
         learner.send_multipart(lenc("priorities", arrays=arrays))
-    _wait_for(lambda: srv.rejected["bad_priorities"] == 2)
+    wait_for(lambda: srv.rejected["bad_priorities"] == 2, timeout=WAIT_S)
     assert srv.buffer.max_priority <= 1.0

@@ -18,8 +18,6 @@ from common.wire import PROTOCOL_VERSION, Encoder, decode, encode
 from replay.server import ReplayServer
 from tests.helpers import wait_for
 
-_wait_for = wait_for  # tests/replay/test_attacks.py imports it by this name
-
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
 
