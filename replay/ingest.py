@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 
+import numpy as np
 import zmq
 
 from common.wire import DecodeError, Message, decode
@@ -112,8 +113,11 @@ class Ingest:
         return msg, count, record
 
     def _store(self, msg: Message, count: int, record: StreamRecord) -> None:
+        # An actor's priority counts for at most the highest priority so far, which only the learner's
+        # updates raise: otherwise one peer's inflated priorities would claim most of every batch.
+        priority = np.minimum(msg.arrays["priority"], np.float32(self.buffer.max_priority))
         try:
-            self.buffer.add(storage_batch(self.buffer, msg), msg.arrays["priority"])
+            self.buffer.add(storage_batch(self.buffer, msg), priority)
         except ValueError as err:  # the decoder and the checks above should leave nothing for here
             self.books.reject("bad_batch", err, record=record, count=count)
             return

@@ -292,3 +292,25 @@ def test_huge_magnitudes_are_refused_and_accounted(cartpole_server: ReplayServer
         learner.send_multipart(lenc("priorities", arrays=arrays))
     wait_for(lambda: srv.rejected["bad_priorities"] == 2, timeout=WAIT_S)
     assert srv.buffer.max_priority <= 1.0
+
+
+def test_inflated_actor_priorities_cannot_claim_the_batches(cartpole_server: ReplayServer, ctx) -> None:
+    srv = cartpole_server
+    push, enc = _push(ctx, srv), Encoder("actor")
+    for i in range(8):  # 512 honest transitions at priority 1
+        push.send_multipart(enc("transitions", {"actor_index": 0}, _transitions(64, i)))
+    inflated = _transitions(64, 99)
+    inflated["reward"][:] = 7.0  # to tell its rows apart in the batches
+    inflated["priority"][:] = 1e5  # within replay.max_priority, so stored
+    push.send_multipart(enc("transitions", {"actor_index": 1}, inflated))
+    wait_for(lambda: srv.buffer.inserted_total == 576, timeout=WAIT_S)
+    learner, lenc = _dealer(ctx, srv), Encoder("learner")
+    rewards = []
+    for _ in range(20):
+        learner.send_multipart(lenc("sample", {"batch_size": 64, "beta": 0.4}))
+        reply = _reply(learner)
+        assert reply.kind == "batch"
+        rewards.append(reply.arrays["reward"])
+    share = float((np.concatenate(rewards) == 7.0).mean())
+    # 64 of 576 rows: about 11% of the samples at equal priority; unclamped, 1e5 ** 0.6 gives it 99%.
+    assert share < 0.3, f"the inflated peer got {share:.0%} of the sampled rows"
