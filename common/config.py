@@ -48,6 +48,7 @@ __all__ = [
     "ReplayConfig",
     "RunConfig",
     "StopConfig",
+    "check_frame_ring",
     "load_config",
     "parse_override",
     "rate_tolerance_needed",
@@ -104,16 +105,8 @@ class RunConfig:
 
     def _check_frame_ring(self) -> None:
         """Atari frames are stored once each (replay.frame_dedup): the ring must hold one whole message."""
-        rc, stack, send = self.replay, self.env.frame_stack, self.actor.send_size
-        if not (self.env.atari and rc.frame_dedup):
-            return
-        needed = 2 * stack * send  # the most frames one message can carry
-        _check(
-            rc.capacity * rc.frames_per_transition >= needed,
-            "replay.capacity",
-            f"{rc.capacity} x replay.frames_per_transition ({rc.frames_per_transition:g}) frames cannot hold one "
-            f"message of actor.send_size={send} stacks of {stack} frames ({needed} frames)",
-        )
+        if self.env.atari and self.replay.frame_dedup:
+            check_frame_ring(self.replay, self.actor.send_size, self.env.frame_stack)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) that survives msgpack, JSON and TOML."""
@@ -124,6 +117,19 @@ class RunConfig:
         """Strict unless `skipped` is given: then unknown settings (a newer learner's) are left out and
         named in it, so an actor can still join a run whose config it only partly knows."""
         return _build(cls, data, "", skipped)
+
+
+def check_frame_ring(replay: ReplayConfig, send_size: int, stack: int) -> None:
+    """Replay's rule for a frame-stored buffer (replay/storage.py): its ring must hold the frames of one
+    whole message of `send_size` stacks of `stack` frames. The config applies it to Atari ids; the machine
+    check (common/check_config.py) to any env whose observations turn out to be stacks (K, H, W)."""
+    needed = 2 * stack * send_size  # the most frames one message can carry
+    _check(
+        replay.capacity * replay.frames_per_transition >= needed,
+        "replay.capacity",
+        f"{replay.capacity} x replay.frames_per_transition ({replay.frames_per_transition:g}) frames cannot hold "
+        f"one message of actor.send_size={send_size} stacks of {stack} frames ({needed} frames)",
+    )
 
 
 def rate_tolerance_needed(samples_per_insert: float, send_size: int, batch_size: int) -> float:
