@@ -4,7 +4,8 @@ The launcher runs this before starting anything, so a bad value stops the launch
 instead of several processes failing at once. Beyond the config's own checks (common/config.py, which
 every process repeats, remote actors included) it checks what only the servers' machine can answer:
 that they may listen where told (off loopback only with CurveZMQ, the rule every bind applies), that
-the env id can be made (its extra installed, say) and that a CUDA device asked for is there.
+the env id can be made (its extra installed, say), that replay's frame ring can hold one message of
+its observations (known only once the env is made) and that a CUDA device asked for is there.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from __future__ import annotations
 import sys
 
 from common.cli import config_from_args, config_parser
-from common.config import RunConfig
+from common.config import RunConfig, check_frame_ring
 from common.errors import ConfigError
 from common.process import run_cli
 
 
 def check_machine(config: RunConfig) -> None:
     """ConfigError or StartupError when the servers cannot run the config here: a bind that would be
-    refused, an env this machine cannot make, a network that cannot take its observations, a missing
-    CUDA device."""
+    refused, an env this machine cannot make, a network that cannot take its observations, a frame ring
+    too small for one message of them, a missing CUDA device."""
     from common.envs import check_env_id, env_spec  # late: gymnasium is imported only when checking the machine
     from common.sockets import require_secure_bind
 
@@ -29,6 +30,8 @@ def check_machine(config: RunConfig) -> None:
     if problem:
         raise ConfigError(problem)
     spec = env_spec(config.env)
+    if config.replay.frame_dedup and len(spec.obs_shape) == 3:  # replay stores these frame by frame
+        check_frame_ring(config.replay, config.actor.send_size, spec.obs_shape[0])
     if config.network.torso != "mlp":  # a convolution's arithmetic must fit the observations: build it
         from common.networks import QNetwork
 

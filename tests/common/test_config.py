@@ -234,6 +234,28 @@ def test_an_atari_frame_ring_too_small_for_one_message_is_refused() -> None:
     assert load_config("pong", [*small, "replay.frame_dedup=false"])  # full stacks: no frame ring
 
 
+def test_a_frame_ring_too_small_for_stacked_grids_is_refused_before_start() -> None:
+    """MinAtar's (C, 10, 10) grids are stored frame by frame when replay.frame_dedup is set; only the env
+    tells their shape, so the machine check applies replay's rule, which would otherwise refuse at start."""
+    pytest.importorskip("minatar")
+    from common.check_config import check_machine
+    from common.envs import env_spec
+    from common.errors import StartupError
+    from replay.storage import make_buffer
+
+    small = ["replay.frame_dedup=true", "replay.capacity=256", "replay.min_size=128"]
+    config = load_config("minatar-breakout", small)  # the config alone cannot know the observations' shape
+    with pytest.raises(StartupError, match="cannot hold one message"):
+        make_buffer(config, env_spec(config.env))  # what replay would do once started
+    with pytest.raises(ConfigError) as info:
+        check_machine(config)
+    assert str(info.value) == (
+        "replay.capacity: 256 x replay.frames_per_transition (1) frames cannot hold one message of "
+        "actor.send_size=64 stacks of 4 frames (512 frames)"
+    )
+    check_machine(load_config("minatar-breakout", [*small, "actor.send_size=32"]))  # 256 frames fit
+
+
 def test_duplicate_ports() -> None:
     message = config_error(["net.ingest_port=5550"])
     assert message.startswith("net: ") and "must differ" in message
