@@ -47,6 +47,7 @@ SOCKET_NAME = "relay.sock"
 ANNOUNCE_S = 1.0  # the newest notice again: actors take 3 s without one for a dead relay
 STOP_REPEAT_S = 3.0  # after the learner's stop, pass it on this long (PUB drops for reconnecting actors)
 REPORT_S = 30.0
+RECONNECT_S = 5.0  # a connection to the learner lost this long is made anew (libzmq gives up after some errors)
 DEFAULT_MAX_MESSAGE_MB = 256  # net.max_message_mb's default: the relay is not told the run's config
 RUN_ID = re.compile(r"[0-9a-f]{1,64}")  # it names the file: `distdqn-weights-RUNID-TOKEN`
 
@@ -82,6 +83,7 @@ class WeightRelay:
         secure_client(self.sub, curve)
         self.connections.watch(self.sub, "weight broadcast")
         self.upstream = connect(self.sub, learner_host, weights_port)
+        self._next_reconnect = 0.0
         self.pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
         try:
             self.pub.bind(f"ipc://{self.path}")
@@ -109,6 +111,7 @@ class WeightRelay:
                 self._drain()
             self.connections.poll()
             now = time.monotonic()
+            self._reconnect_if_lost(now)
             if self.stop_reason is not None:
                 stop_until = stop_until or now + STOP_REPEAT_S
                 self.pub.send_multipart(self.encode("stop", {"reason": self.stop_reason}))
@@ -121,6 +124,17 @@ class WeightRelay:
             if now >= next_report:
                 self.report()
                 next_report = now + REPORT_S
+
+    def _reconnect_if_lost(self, now: float) -> None:
+        """An oversized message makes libzmq close the connection for good; connect again ourselves."""
+        lost = self.connections.lost_since("weight broadcast")
+        if lost is None or now - lost < RECONNECT_S or now < self._next_reconnect:
+            return
+        self._next_reconnect = now + RECONNECT_S
+        log.info("connection to the learner's broadcast lost for %.0f s: connecting again", now - lost)
+        with contextlib.suppress(zmq.ZMQError):
+            self.sub.disconnect(self.upstream)
+        self.sub.connect(self.upstream)
 
     def report(self) -> None:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"

@@ -144,6 +144,28 @@ def _weights(version: int, run_id: str = "0123456789ab", value: float = 0.5) -> 
     return {"meta": {"version": version, "run_id": run_id}, "arrays": arrays}
 
 
+def _relay_argv(cluster: Cluster, directory: Path) -> list[str]:
+    return [sys.executable, "-m", "actor.relay", "--learner", cluster.learner_address, "--socket-dir", str(directory)]
+
+
+def test_the_relay_needs_a_private_directory_and_stops_cleanly_on_sigterm(cluster: Cluster, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    cluster.start("open-relay", _relay_argv(cluster, shared))
+    assert cluster.wait_exit("open-relay", timeout_s=30) == 2
+    assert "must be 0700" in cluster.log("open-relay") and not (shared / "relay.sock").exists()
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    cluster.start("relay", _relay_argv(cluster, private))
+    assert cluster.wait_until((private / "relay.sock").exists, timeout_s=30), cluster.diagnostics()
+    cluster.procs["relay"].send_signal(signal.SIGTERM)
+    assert cluster.wait_exit("relay", timeout_s=10) == 0, cluster.diagnostics()
+    assert not (private / "relay.sock").exists()
+    assert "0 weights received" in cluster.log("relay")
+
+
 def test_the_relay_refuses_bad_weights_and_passes_on_good_ones(cluster: Cluster, tmp_path: Path) -> None:
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -156,7 +178,7 @@ def test_the_relay_refuses_bad_weights_and_passes_on_good_ones(cluster: Cluster,
     try:
         cluster.start(
             "relay",
-            [sys.executable, "-m", "actor.relay", "--learner", cluster.learner_address, "--socket-dir", str(private)],
+            [*_relay_argv(cluster, private), "--max-message-mb", "1"],
         )
         sock = private / "relay.sock"
         assert cluster.wait_until(sock.exists, timeout_s=30), cluster.diagnostics()
@@ -164,6 +186,7 @@ def test_the_relay_refuses_bad_weights_and_passes_on_good_ones(cluster: Cluster,
         local.connect(f"ipc://{sock}")
         encode = Encoder("fake-learner")
         refs: list[dict] = []
+        big = {"q.weight": np.zeros((2, 4), np.float32), "q.bias": np.zeros(2, np.float32), "x": np.zeros(1 << 19)}
 
         def publish_until_ref(version: int) -> bool:
             def got() -> bool:
@@ -183,13 +206,14 @@ def test_the_relay_refuses_bad_weights_and_passes_on_good_ones(cluster: Cluster,
                 "weights", meta={"version": 4, "run_id": "0123456789ab"}, arrays={"q.bias": np.zeros(3, np.float32)}
             ),
             [kind_prefix("weights") + b"\xc1garbage", b"x"],  # malformed
+            encode("weights", meta={"version": 6, "run_id": "0123456789ab"}, arrays=big),  # over 1 MiB: dropped
         ]
         for _ in range(3):
             for frames in bad:
                 pub.send_multipart(frames)
             time.sleep(0.2)
         assert publish_until_ref(5), cluster.diagnostics()
-        assert {r["version"] for r in refs} <= {1, 5}, refs
+        assert {r["version"] for r in refs} <= {1, 5}, refs  # nothing bad passed on, the oversized one included
         path = refs[-1]["path"]
         assert os.stat(path).st_mode & 0o777 == 0o600
         pub.send_multipart(encode("stop", {"reason": "test over"}))
