@@ -5,7 +5,9 @@ acting with old weights. The relay repeats its newest `weights_ref` every second
 gone; a socket file that vanished means the same at once. A relay that still talks but has had no new
 version for STALE_S is followed no longer either (its learner connection may be broken): the link then
 subscribes to the learner directly, and comes back once the relay delivers a version it had not
-announced before the fallback, as new as the actor's own.
+announced before the fallback, as new as the actor's own. Until its first notice a relay may be silent
+(it has no version before the learner's next publication): then only STALE_S applies, and a missing
+socket after SILENT_S.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class RelayWatch:
         for kind in ("stop", "weights_ref"):
             self.sub.setsockopt(zmq.SUBSCRIBE, kind_prefix(kind))
         self.sub.connect(f"ipc://{path}")
-        self.heard_at = self.new_at = self.fallback_at = time.monotonic()  # a start-up grace, then judged
+        self.heard_at = self.new_at = self.fallback_at = self.started_at = time.monotonic()
         self.latest: Message | None = None
         self.serving = True
 
@@ -46,9 +48,9 @@ class RelayWatch:
     def failing(self) -> str | None:
         """Why the relay should not be followed now, or None while it serves."""
         now = time.monotonic()
-        if not os.path.exists(self.path):
+        if (self.latest is not None or now - self.started_at > SILENT_S) and not os.path.exists(self.path):
             return "its socket is gone"
-        if now - self.heard_at > SILENT_S:
+        if self.latest is not None and now - self.heard_at > SILENT_S:
             return f"nothing from it for {SILENT_S:g} s"
         if now - self.new_at > STALE_S:
             return f"no new version from it for {STALE_S:g} s"
