@@ -245,8 +245,8 @@ class LearnerLink:
                 continue
             if msg.kind == "stop":
                 self.stop_reason = msg.meta["reason"]
-            elif msg.kind == "weights_ref":
-                self._follow_ref(msg)
+            elif msg.kind == "weights_ref" and (self.relay is None or not self.relay.serving):
+                self._follow_ref(msg)  # (a notice queued before we left the learner for the relay is not)
             else:
                 self.received["broadcast"] += 1
                 if self._accept(msg):
