@@ -94,6 +94,19 @@ def test_two_actors_take_every_version_through_one_relay_connection(cluster: Clu
     assert later, f"the actors took no newer weights\n{cluster.diagnostics()}"
     # One subscriber on the learner's weight broadcast: the relay. Two actors, one copy of each version.
     assert _established(cluster.port_base + 1) == 1, cluster.diagnostics()
+
+    # The launcher restarts a relay that dies, and the actors come back to it.
+    relay = [p for p in cluster.remember_descendants() if "-m actor.relay" in cluster.command_line(p)]
+    assert len(relay) == 1, relay
+    os.kill(relay[0], signal.SIGKILL)
+    said = logs / "logs" / "launcher.log"
+    assert cluster.wait_until(lambda: "restarting relay (restart 1 of" in said.read_text(), timeout_s=30), (
+        cluster.diagnostics()
+    )
+    assert "relay died (status 137)" in said.read_text()
+    before = _actor_versions(cluster)
+    assert cluster.wait_until(lambda: _all_newer(cluster, before), timeout_s=60), cluster.diagnostics()
+    assert cluster.wait_until(lambda: _established(cluster.port_base + 1) == 1, timeout_s=30), cluster.diagnostics()
     cluster.procs["actors"].send_signal(signal.SIGTERM)
     assert cluster.wait_exit("actors", timeout_s=30) is not None
     for k in range(2):
@@ -101,9 +114,9 @@ def test_two_actors_take_every_version_through_one_relay_connection(cluster: Clu
         taken = re.search(r"weight versions taken: (.*)", text)
         assert taken, text[-2000:]
         counts = dict((how, int(n)) for how, n in re.findall(r"(\w+) (\d+)", taken.group(1)))
-        assert counts.get("relay", 0) >= 2 and set(counts) == {"relay"}, counts
+        assert counts.get("relay", 0) >= 2, counts
     relay_log = (logs / "logs" / "relay.log").read_text()
-    assert "rejected: none" in relay_log, relay_log[-2000:]
+    assert re.findall(r"rejected: (.*)", relay_log)[-1] == "none", relay_log[-2000:]  # the restarted relay's last
 
 
 def test_actors_go_direct_while_the_relay_is_dead_and_back_when_it_returns(cluster: Cluster) -> None:
