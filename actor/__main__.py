@@ -46,6 +46,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--curve-server-key", default="", metavar="PATH", help="the servers' public NAME.key (CurveZMQ)"
     )
+    parser.add_argument(
+        "--relay",
+        default="",
+        metavar="PATH",
+        help="this host's weight relay socket (DIR/relay.sock, see actor.relay); the learner's broadcast if it fails",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_args()
 
@@ -74,7 +80,7 @@ def _main() -> int:
     from actor.link import LearnerLink
 
     ctx = zmq.Context()
-    link = LearnerLink(host, port, role=role, ctx=ctx, curve=curve)
+    link = LearnerLink(host, port, role=role, ctx=ctx, curve=curve, relay=args.relay)
     worker = None
     try:
         welcome = link.join(args.actor_index, stop)
@@ -94,6 +100,8 @@ def _main() -> int:
         logging.getLogger(name).info("joined run %s with weights v%d", welcome.run_id, first.meta["version"])
         worker.run(stop)
     finally:
+        taken = ", ".join(f"{how} {n}" for how, n in sorted(link.received.items())) or "none"
+        logging.getLogger(name).info("weight versions taken: %s", taken)
         link.connections.close()  # first: a monitor socket in the actor's own context would hold its close
         if worker is not None:
             worker.close()

@@ -13,6 +13,11 @@ link unsubscribes from the full weights and copies each new version out of the f
 (another machine, another user, /dev/shm missing, or a file that is not the learner's: another user's,
 a link, a FIFO) it stays on the broadcast, or goes back to it, and counts the refusal.
 
+With a relay (`actor.relay`, one per host), the link subscribes to the relay's local socket instead
+of the learner's broadcast and takes each version from the relay's shared-memory file; when the relay
+fails (`actor.relay_watch`) it connects to the learner's broadcast meanwhile, and leaves it again once
+the relay serves new versions.
+
 Lost and re-established connections of the link's sockets (and of any socket the actor adds with
 `connections.watch`) are logged from `newest_weights`, which the actor calls between environment steps
 and while it waits to send.
@@ -34,13 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from actor.relay_watch import RelayWatch
 from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
 from common.safe_log import PeerWarnings, printable
 from common.security import ClientSecurity, secure_client
 from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
-from common.sockets import connect, is_loopback, make_socket
+from common.sockets import connect, is_loopback, make_socket, tcp_address
 from common.wire import DecodeError, Encoder, Message, decode, kind_prefix
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,7 @@ class LearnerLink:
         ctx: zmq.Context,
         curve: ClientSecurity | None = None,
         shared_memory: bool = True,
+        relay: str = "",
     ) -> None:
         self.learner_host = learner_host
         self.curve = curve  # this process's own keys (from its flags): the run config holds the learner's paths
@@ -99,11 +106,15 @@ class LearnerLink:
         self._refused_tokens: OrderedDict[str, None] = OrderedDict()  # tried once each, the newest kept
         self._warnings = PeerWarnings(log)
         self._full_weights_subscribed = False
-        self.received: Counter[str] = Counter()  # weight versions that came by "broadcast" or "shared_memory"
+        self.received: Counter[str] = Counter()  # weight versions by "broadcast", "shared_memory" or "relay"
+        self.relay_path = relay  # the host's relay socket (a path); empty: the learner's broadcast only
+        self.relay: RelayWatch | None = None
+        self._shared_from_relay = False
+        self._broadcast_address = ""
         # One handler per broadcast kind; each returns the message if it is the newest weights so far.
         self._on_broadcast: dict[str, Callable[[Message], Message | None]] = {
             "weights": self._on_weights,
-            "weights_ref": self._follow_ref,
+            "weights_ref": self._on_learner_ref,
             "stop": self._on_stop,
         }
 
@@ -162,7 +173,12 @@ class LearnerLink:
         self._subscribe_full_weights(True)
         secure_client(self.weights_sub, self.curve)
         self.connections.watch(self.weights_sub, "weight broadcast")
-        connect(self.weights_sub, host, config.net.weights_port)
+        if self.relay_path and self.shared_memory:  # the learner's broadcast only while the relay fails
+            self.relay = RelayWatch(self.ctx, self.relay_path, config.net.max_message_mb << 20)
+            self._broadcast_address = tcp_address(host, config.net.weights_port)
+            log.info("weights through the relay at %s", printable(self.relay_path, 200))
+        else:
+            connect(self.weights_sub, host, config.net.weights_port)
 
     def _subscribe_full_weights(self, on: bool) -> None:
         assert self.weights_sub is not None
@@ -220,6 +236,8 @@ class LearnerLink:
         if time.monotonic() >= self._next_control_check:
             self._serve_control()
         newest = None
+        if self.relay is not None:
+            self._drain_relay()
         while True:
             try:
                 frames = self.weights_sub.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -249,6 +267,50 @@ class LearnerLink:
     def _on_stop(self, msg: Message) -> None:
         self.stop_reason = msg.meta["reason"]
 
+    def _on_learner_ref(self, msg: Message) -> None:
+        if self.relay is None or not self.relay.serving:  # a notice queued before we left for the relay is not
+            self._follow_ref(msg)
+
+    def _drain_relay(self) -> None:
+        """The relay's notices; then follow it, or the learner while it fails."""
+        assert self.relay is not None and self.weights_sub is not None
+        for _ in range(64):
+            try:
+                frames = self.relay.sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = decode(frames, expect=("weights_ref", "stop"))
+            except DecodeError as err:
+                self.rejected += 1
+                log.warning("ignored a bad notice from the relay: %s", err)
+                continue
+            self.relay.note(msg)
+            if msg.kind == "stop":
+                self.stop_reason = msg.meta["reason"]
+            elif self.relay.serving:
+                self._follow_ref(msg, from_relay=True)
+        latest = self.relay.latest
+        refused = latest is not None and latest.meta["token"] in self._refused_tokens
+        why = (
+            (self.relay.failing() or ("its weights file was refused" if refused else None))
+            if self.relay.serving
+            else None
+        )
+        if why is not None:
+            log.warning("the weight relay fails (%s): weights from the learner directly meanwhile", why)
+            self.relay.fall_back()
+            if self._shared_from_relay:
+                self._close_shared()
+            self._subscribe_full_weights(True)
+            self.weights_sub.connect(self._broadcast_address)
+        elif not self.relay.serving and not refused and self.relay.caught_up(self.version, self.learner_run_id):
+            log.info("the weight relay serves again: weights through it")
+            self.relay.back()
+            self.weights_sub.disconnect(self._broadcast_address)
+            self._close_shared()
+            self._follow_ref(latest, from_relay=True)  # type: ignore[arg-type]  # caught_up: not None
+
     def _serve_control(self) -> None:
         """Replies outside join and fetch: a learner that restarted without hearing this process's hello
         asks for it again (an evaluator's results count only after it); late answers are dropped."""
@@ -268,7 +330,7 @@ class LearnerLink:
                 log.info("the learner asks this %s to say hello again", self.role)
                 self._try_send(self.encode("hello", self._hello))
 
-    def _follow_ref(self, msg: Message) -> None:
+    def _follow_ref(self, msg: Message, from_relay: bool = False) -> None:
         """A notice of weights in shared memory: map the file if it is new to us and usable."""
         token = msg.meta["token"]
         if not msg.meta["path"]:  # the learner stopped writing its file: back to the broadcast
@@ -300,6 +362,7 @@ class LearnerLink:
             return
         self._close_shared()
         self.shared = reader
+        self._shared_from_relay = from_relay
         self._subscribe_full_weights(False)
         log.info("weights of run %s from shared memory %s", reader.run_id, reader.path)
 
@@ -326,7 +389,7 @@ class LearnerLink:
             kind="weights", sender="shared-memory", seq=0, meta={"version": version, "run_id": run_id}, arrays=arrays
         )
         self._accept(msg)
-        self.received["shared_memory"] += 1
+        self.received["relay" if self._shared_from_relay else "shared_memory"] += 1
         return msg
 
     def _close_shared(self) -> None:
@@ -371,4 +434,6 @@ class LearnerLink:
         self.control.close()
         if self.weights_sub is not None:
             self.weights_sub.close()
+        if self.relay is not None:
+            self.relay.close()
         self._close_shared()

@@ -139,6 +139,13 @@ class ConnectionMonitor:
                     break
                 self._handle(watched, parse_monitor_message(frames))
 
+    def lost_since(self, role: str) -> float | None:
+        """When the oldest connection of the sockets watched as `role` that is still lost was lost (monotonic
+        time), None when none is. libzmq does not reconnect after some errors (a message over MAXMSGSIZE):
+        a caller that must not stay deaf reconnects itself once this is old enough."""
+        times = [t for w in self._watched if w.role == role for t in w.lost.values()]
+        return min(times) if times else None
+
     def close(self) -> None:
         for watched in self._watched:
             with contextlib.suppress(zmq.ZMQError):
