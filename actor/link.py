@@ -26,24 +26,24 @@ and while it waits to send.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
 from actor.relay_watch import RelayWatch
+from actor.shared_weights_read import RefusedFiles, read_version
+from actor.welcome import Welcome, read_welcome
 from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
-from common.safe_log import PeerWarnings, printable
+from common.safe_log import printable
 from common.security import ClientSecurity, secure_client
 from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
 from common.sockets import connect, is_loopback, make_socket, tcp_address
@@ -57,16 +57,6 @@ HELLO_EVERY_S = 2.0
 CONTROL_CHECK_S = 1.0
 # Refusals that pass (a full roll of actors empties as silent ones expire): keep saying hello.
 TRANSIENT_REFUSALS = frozenset({"too_many_actors"})
-REFUSED_TOKENS_KEPT = 64
-
-
-@dataclass(frozen=True)
-class Welcome:
-    config: RunConfig
-    actor_index: int
-    run_id: str
-    epsilon: float | None = None
-    """the exploration epsilon the learner chose; None from a learner that does not choose"""
 
 
 class LearnerLink:
@@ -102,9 +92,7 @@ class LearnerLink:
         self.rejected = 0
         self.shared_memory = shared_memory  # False: always the broadcast (benchmarks compare the two)
         self.shared: SharedWeightsReader | None = None
-        self.shared_refused = 0  # weights_ref notices whose file was refused (not ours, not a file, ...)
-        self._refused_tokens: OrderedDict[str, None] = OrderedDict()  # tried once each, the newest kept
-        self._warnings = PeerWarnings(log)
+        self._refused = RefusedFiles()  # weights_ref files refused (not ours, not a file, ...): tried once each
         self._full_weights_subscribed = False
         self.received: Counter[str] = Counter()  # weight versions by "broadcast", "shared_memory" or "relay"
         self.relay_path = relay  # the host's relay socket (a path); empty: the learner's broadcast only
@@ -149,17 +137,9 @@ class LearnerLink:
         raise StartupError("interrupted while joining")
 
     def _welcome(self, msg: Message) -> Welcome:
-        skipped: list[str] = []
-        config = RunConfig.from_dict(msg.meta["config"], skipped=skipped)
-        if skipped:  # a newer learner: what this actor does not know it cannot use anyway
-            names = printable(", ".join(skipped[:8]), 200)
-            log.warning("the learner's config has settings this actor does not know, ignored: %s", names)
-        self.learner_run_id = msg.meta["run_id"]
-        epsilon = msg.meta.get("epsilon")
-        if epsilon is not None and not (math.isfinite(epsilon) and 0 <= epsilon <= 1):
-            log.warning("ignored the learner's epsilon %r: not in [0, 1]", epsilon)
-            epsilon = None
-        return Welcome(config, msg.meta["actor_index"], msg.meta["run_id"], None if epsilon is None else float(epsilon))
+        welcome = read_welcome(msg)
+        self.learner_run_id = welcome.run_id
+        return welcome
 
     def subscribe(self, config: RunConfig) -> None:
         host = config.net.public_host or self.learner_host
@@ -291,7 +271,7 @@ class LearnerLink:
             elif self.relay.serving:
                 self._follow_ref(msg, from_relay=True)
         latest = self.relay.latest
-        refused = latest is not None and latest.meta["token"] in self._refused_tokens
+        refused = latest is not None and latest.meta["token"] in self._refused
         why = (
             (self.relay.failing() or ("its weights file was refused" if refused else None))
             if self.relay.serving
@@ -339,24 +319,14 @@ class LearnerLink:
                 self._close_shared()
                 self._subscribe_full_weights(True)
             return
-        if not self.shared_memory or token in self._refused_tokens:
+        if not self.shared_memory or token in self._refused:
             return
         if self.shared is not None and self.shared.token == token:
             return
         try:
             reader = SharedWeightsReader(msg.meta["path"], token)
         except SharedWeightsUnavailable as err:
-            self.shared_refused += 1
-            self._refused_tokens[token] = None
-            while len(self._refused_tokens) > REFUSED_TOKENS_KEPT:
-                self._refused_tokens.popitem(last=False)
-            self._warnings.warning(
-                b"weights_ref",
-                "weights of run %s by broadcast, not from its shared-memory file: %s [%d refused so far]",
-                printable(msg.meta["run_id"]),
-                printable(str(err), 300),
-                self.shared_refused,
-            )
+            self._refused.add(token, msg.meta["run_id"], err)
             self._close_shared()
             self._subscribe_full_weights(True)
             return
@@ -372,25 +342,22 @@ class LearnerLink:
         run_id, newest = self.shared.run_id, self.shared.newest_version()
         if newest < 0 or (run_id == self.learner_run_id and newest <= self.version):
             return None
-        arrays: dict[str, np.ndarray] = {}
-        version = self.shared.read_into(load) if load is not None else None
-        if version is None:  # no `load`, or the writer overtook every attempt and the network may hold a mix
-            got = self.shared.read(attempts=100)
-            if got is None:
-                log.warning("shared-memory weights changed faster than they could be read; retrying next step")
-                if load is not None:
-                    self.version = -1  # what `load` left in the network is no version at all: take the next whole
-                return None
-            version, arrays = got
+        got = read_version(self.shared, load)
+        if got is None:
             if load is not None:
-                load(arrays)
-                arrays = {}
+                self.version = -1  # what `load` left in the network is no version at all: take the next whole
+            return None
+        version, arrays = got
         msg = Message(
             kind="weights", sender="shared-memory", seq=0, meta={"version": version, "run_id": run_id}, arrays=arrays
         )
         self._accept(msg)
         self.received["relay" if self._shared_from_relay else "shared_memory"] += 1
         return msg
+
+    @property
+    def shared_refused(self) -> int:
+        return self._refused.count
 
     def _close_shared(self) -> None:
         if self.shared is not None:
