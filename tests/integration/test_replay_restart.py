@@ -107,13 +107,14 @@ def test_killed_replay_server_restores_its_snapshot_and_clients_reconnect(cluste
         path = cluster.run_dir / "replay" / "snapshot.npz"
         assert done.meta["path"] == str(path)
 
-        # The file holds what we pushed, in insert order, with the priorities we gave.
+        # The file holds what we pushed, in insert order, with the priorities we gave, each capped at the
+        # highest priority so far (1: no learner has raised it).
         with np.load(path, allow_pickle=False) as npz:
             snapshot = {key: npz[key] for key in npz.files}
         for name in ("obs", "action", "reward", "discount", "next_obs"):
             pushed = np.concatenate([batch[name] for batch in sent])
             np.testing.assert_array_equal(snapshot[f"data.{name}"][:640], pushed, err_msg=name)
-        raw = np.concatenate([batch["priority"] for batch in sent]).astype(np.float64)
+        raw = np.minimum(np.concatenate([batch["priority"] for batch in sent]), np.float32(1.0)).astype(np.float64)
         np.testing.assert_allclose(snapshot["priorities"][:640], (raw + EPS) ** ALPHA, rtol=1e-12)
         np.testing.assert_array_equal(snapshot["ids"][:640], np.arange(640))
         assert int(snapshot["cursor"]) == 640 and int(snapshot["size"]) == 640
