@@ -25,10 +25,11 @@ WAIT_S = 10.0  # some of these floods take a while on a loaded machine
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
 
-def _start(overrides: list[str]) -> Iterator[ReplayServer]:
+def _start(overrides: list[str], spec: EnvSpec | None = None) -> Iterator[ReplayServer]:
+    """A server on the CartPole preset; `spec`: the run's (default: a shape-only spec, no bounds)."""
     config = load_config("cartpole", ["replay.capacity=4000", "net.max_message_mb=1", *overrides])
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
-    srv = ReplayServer(config, SPEC)
+    srv = ReplayServer(config, spec or SPEC)
     stop = threading.Event()
     thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
     thread.start()
@@ -244,16 +245,7 @@ def test_the_stream_ledger_is_bounded(unlimited_server: ReplayServer, ctx) -> No
 def cartpole_server() -> Iterator[ReplayServer]:
     """The real CartPole observation space: x in [-4.8, 4.8] (refused beyond +-14.4), angle in [-0.42, 0.42],
     velocities unbounded."""
-    config = load_config("cartpole", ["replay.capacity=4000", "replay.min_size=128", "replay.samples_per_insert=0"])
-    config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
-    srv = ReplayServer(config, env_spec(config.env))
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    yield from _start(["replay.min_size=128", "replay.samples_per_insert=0"], env_spec(load_config("cartpole").env))
 
 
 def test_huge_magnitudes_are_refused_and_accounted(cartpole_server: ReplayServer, ctx) -> None:
