@@ -118,10 +118,11 @@ started=$((local_actors ? num_actors : 0))
 for ((i = 0; i < started; i++)); do
   start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
+replay_started=replay; [ "$shards" -gt 1 ] && replay_started="$shards replay shards"
 if [ $local_actors -eq 1 ]; then
-  echo "started $([ "$shards" -gt 1 ] && echo "$shards replay shards" || echo replay), learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
+  echo "started $replay_started, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
 else
-  echo "started replay, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
+  echo "started $replay_started, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
     "127.0.0.1:$learner_port (e.g. scripts/launch_actors.sh); Ctrl-C stops them all"
   # Loopback with per-run keys: actors on this host join with the run's actor keys, found through this.
   [ -n "${DISTDQN_RUN_KEYS:-}" ] && echo "actors on this host: DISTDQN_RUN_KEYS=$DISTDQN_RUN_KEYS scripts/launch_actors.sh --learner 127.0.0.1:$learner_port --num-actors K"
