@@ -65,12 +65,19 @@ def test_cartpole_is_solved_with_two_shards_and_a_relay(cluster: Cluster) -> Non
     status = cluster.wait_exit("launcher", timeout_s=300)
     assert status == 0, f"not solved (status {status})\n{cluster.diagnostics()}"
     logs = cluster.run_dir / "logs"
+    inserted = sampled = 0
     for shard, name in enumerate(("replay", "replay-1")):
         text = (logs / f"{name}.log").read_text()
+        i, s = re.findall(r" inserted (\d+) \([^)]*\) sampled (\d+) ", text)[-1]
+        inserted, sampled = inserted + int(i), sampled + int(s)
         stored = re.search(r"closed: stored (\d+) transitions \((.*)\)", text)
         assert stored, text[-2000:]
         assert stored.group(2) == f"actor {shard}: {stored.group(1)}"  # actor i pushes to shard i mod 2
         assert max(_sampled(text), default=0) > 0, f"{name} was never sampled\n{text[-2000:]}"
+    # The preset's samples_per_insert (8) holds for the whole: each shard keeps it within its tolerance
+    # (2 * (64 * 8 + 128) / 2 sampled transitions, replay.rate_limiter), so the sums do within two.
+    assert sampled <= 8 * inserted + 2 * 640, (inserted, sampled)
+    assert sampled > 0.5 * 8 * inserted, (inserted, sampled)  # and the learner really sampled both at pace
     assert "weight versions taken" in (actors / "logs" / "actor-0.log").read_text()
     assert re.search(r"relay \d+", (actors / "logs" / "actor-1.log").read_text()), cluster.diagnostics()
 
