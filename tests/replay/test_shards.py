@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +18,7 @@ from common.shards import shard_config, shard_dir_name, shard_of_actor
 from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.server import ReplayServer
+from tests.helpers import serving
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
@@ -76,13 +76,8 @@ def test_a_shard_beyond_the_runs_is_one_error_line(tmp_path) -> None:
 def shard() -> Iterator[ReplayServer]:
     config = _config("replay.shards=2", "replay.samples_per_insert=0")
     srv = ReplayServer(shard_config(config, 1), SPEC, shard=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    with serving(srv):
+        yield srv
 
 
 def _fill(srv: ReplayServer, n: int) -> None:
