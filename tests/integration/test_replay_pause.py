@@ -88,7 +88,7 @@ def test_learner_samples_again_within_seconds_of_a_stopped_replay_continuing(clu
     try:
         client.start()
         assert _batches(client, 20, timeout_s=60) is not None, f"no batches at all\n{cluster.diagnostics()}"
-        file_before = client._batch_file.path if client._batch_file is not None else None
+        file_before = client.links[0].batch_file.path if client.links[0].batch_file is not None else None
 
         replay.send_signal(signal.SIGSTOP)
         try:
@@ -106,7 +106,7 @@ def test_learner_samples_again_within_seconds_of_a_stopped_replay_continuing(clu
         print(f"20 batches {took:.2f} s after SIGCONT; {client.requests_lost} requests taken as lost")
         assert client.requests_lost > 0
         if file_before is not None:  # late writes for the lost requests land in the file given up
-            assert client._batch_file is not None and client._batch_file.path != file_before
+            assert client.links[0].batch_file is not None and client.links[0].batch_file.path != file_before
             assert client.batches_by_shared_memory > 0
     finally:
         client.close()
