@@ -45,7 +45,9 @@ def _launcher_args(cluster: Cluster, *more: str) -> list[str]:
     return ["--run-dir", str(cluster.run_dir), "--port-base", str(cluster.port_base), *more]
 
 
-def test_cartpole_is_solved_with_two_shards_and_a_relay(cluster: Cluster) -> None:
+def test_servers_only_and_relayed_actors_without_indices_solve_cartpole_on_two_shards(cluster: Cluster) -> None:
+    """Also the launcher's servers-only mode: actors from scripts/launch_actors.sh, which gives no indices
+    (the learner assigns them), join and the run is solved."""
     cluster.start_launcher(
         *_launcher_args(cluster, "--seed", "1", "--servers-only", "--num-actors", "2"),
         *("replay.shards=2", "stop.max_wall_s=240", "log_interval_s=2"),
@@ -54,8 +56,9 @@ def test_cartpole_is_solved_with_two_shards_and_a_relay(cluster: Cluster) -> Non
         lambda: re.search(r"actors on this host: DISTDQN_RUN_KEYS=(\S+) ", cluster.stdout("launcher")), timeout_s=60
     )
     assert hint, f"the launcher did not start the servers\n{cluster.diagnostics()}"
-    assert "started 2 replay shards, learner, evaluator" in cluster.stdout("launcher")
-    cluster.env[ENV] = hint.group(1)
+    assert "started 2 replay shards, learner, evaluator for 2 actor(s) to join" in cluster.stdout("launcher")
+    assert not [p for p in cluster.remember_descendants() if "-m actor --actor-index" in cluster.command_line(p)]
+    cluster.env[ENV] = hint.group(1)  # the run's own keys: the servers take no others here
     actors = cluster.tmp_path / "actors"
     cluster.start(
         "actors",
@@ -64,6 +67,8 @@ def test_cartpole_is_solved_with_two_shards_and_a_relay(cluster: Cluster) -> Non
     )
     status = cluster.wait_exit("launcher", timeout_s=300)
     assert status == 0, f"not solved (status {status})\n{cluster.diagnostics()}"
+    assert re.search(r"^SOLVED: solved after", cluster.stdout("launcher"), re.MULTILINE)
+    assert cluster.wait_exit("actors", timeout_s=30) is not None, "the actors did not stop with the run"
     logs = cluster.run_dir / "logs"
     inserted = sampled = 0
     for shard, name in enumerate(("replay", "replay-1")):

@@ -1,5 +1,6 @@
 """The launcher supervises the servers too: replay killed outright comes back from its snapshot, the learner
-from its checkpoint, and training goes on; and it can run the servers alone for actors from elsewhere."""
+from its checkpoint, and training goes on. (Its servers-only mode, for actors from elsewhere, is tested in
+test_shards.py, with two replay shards and a relay.)"""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.conftest import REPO_ROOT
-
 if TYPE_CHECKING:
     from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.slow
-
-LAUNCH_ACTORS = REPO_ROOT / "scripts" / "launch_actors.sh"
 
 
 def _role_pid(cluster: Cluster, module: str, other_than: int | None = None) -> int | None:
@@ -80,28 +77,3 @@ def test_killed_replay_and_learner_are_restarted_and_training_goes_on(cluster: C
         assert f"restarting {role} (restart 1 of 5)" in said, said
     assert "replay died (status 137)" in cluster.log("launcher")  # the launcher's own output says so too
     assert cluster.procs["launcher"].poll() is None
-
-
-def test_servers_only_plus_actors_launched_elsewhere_without_indices_solves_cartpole(cluster: Cluster) -> None:
-    cluster.start_launcher(
-        *("--run-dir", str(cluster.run_dir), "--port-base", str(cluster.port_base), "--seed", "0"),
-        *("--servers-only", "--num-actors", "2"),
-        "stop.max_wall_s=150",
-        "log_interval_s=1",
-    )
-    said = ("for 2 actor(s) to join", "actors on this host: DISTDQN_RUN_KEYS=")
-    started = cluster.wait_until(lambda: all(s in cluster.stdout("launcher") for s in said), timeout_s=60)
-    assert started, f"the launcher did not start the servers\n{cluster.diagnostics()}"
-    assert _role_pid(cluster, "actor --actor-index") is None, "--servers-only started actors"
-    hint = re.search(r"actors on this host: DISTDQN_RUN_KEYS=(\S+) ", cluster.stdout("launcher"))
-    assert hint, f"the launcher did not say how local actors join\n{cluster.diagnostics()}"
-    cluster.env["DISTDQN_RUN_KEYS"] = hint.group(1)  # the run's own keys: the servers take no others here
-    cluster.start(
-        "actors",
-        [str(LAUNCH_ACTORS), "--learner", cluster.learner_address, "--num-actors", "2"]
-        + ["--log-dir", str(cluster.tmp_path / "actors")],
-    )
-    code = cluster.wait_exit("launcher", timeout_s=200)
-    assert code == 0, f"launcher exit status {code} (0 means solved)\n{cluster.diagnostics()}"
-    assert re.search(r"^SOLVED: solved after", cluster.stdout("launcher"), re.MULTILINE)
-    assert cluster.wait_exit("actors", timeout_s=30) is not None, "the actors did not stop with the run"
