@@ -253,14 +253,15 @@ class ReplayClient:
         for link in self.links:
             if now >= link.next_stats:
                 link.send_stats_request(now)
-            if link.lost(now):
+            if link.sent_at and now - link.sent_at[0] > link.timeout and link.lost(now):
                 self._leave_out(link, now, "its sample requests went unanswered")
                 self._reset(link)
         if self.sharded:
             self._check_shards(now)
         self._request(now)
         self._send_landed_priorities()
-        if not any(link.has_input() for link in self.links) and not self._wait(wait_ms):
+        arrived = self.links[0].has_input() if not self.sharded else any(link.has_input() for link in self.links)
+        if not arrived and not self._wait(wait_ms):
             return
         for link in self.links:
             # EVENTS, not a NOBLOCK receive that ends in an exception: this runs once per update, and a
@@ -320,7 +321,8 @@ class ReplayClient:
     def _request(self, now: float) -> None:
         """Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
         queue's): the update loop never finds nothing ready while a server has data."""
-        while self._in_flight() + len(self._ready) < self.config.learner.prefetch:
+        wanted = self.config.learner.prefetch - self._in_flight() - len(self._ready)
+        for _ in range(wanted):
             link = self._next_link(now)
             if link is None:
                 return

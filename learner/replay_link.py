@@ -191,6 +191,8 @@ class ReplayLink:
             self.timeout = self.config.learner.sample_timeout_s
 
     def _note_mass(self, meta: dict) -> None:
+        if not self.sharded:  # (only a sharded run asks for them)
+            return
         mass, stored = meta.get("mass"), meta.get("stored")
         if mass is not None and 0 <= mass < float("inf"):
             self.mass = float(mass)
