@@ -298,6 +298,16 @@ def test_joiners_fill_the_population_first_and_are_told_their_epsilon() -> None:
         assert "epsilon" not in _Peer(ctx, port, "e").hello(0, role="evaluator")
 
 
+def test_over_slots_the_welcome_leaves_the_epsilons_to_the_actors_rule() -> None:
+    """An actor's env slots explore at different rates then: one `epsilon` cannot say them, so none is sent
+    (docs/protocol.md, "Acting": the actor computes them from the config it is sent)."""
+    with _serve("actor.num_actors=2", "actor.epsilon_over=slots") as (_, ctx, port):
+        welcomes = [_Peer(ctx, port, f"a{i}").hello(-1) for i in range(3)]
+        assert [w["actor_index"] for w in welcomes] == [0, 1, 2]
+        assert all("epsilon" not in w for w in welcomes)
+        assert all(w["config"]["actor"]["epsilon_over"] == "slots" for w in welcomes)
+
+
 def test_a_population_of_one_explores_at_the_base_epsilon() -> None:
     with _serve("actor.num_actors=1") as (_, ctx, port):
         for i in range(3):
