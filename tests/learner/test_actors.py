@@ -79,5 +79,5 @@ def test_over_slots_the_roll_keeps_each_actors_slots_and_their_mean() -> None:
         slots = ladder[4 * (index % 2) : 4 * (index % 2) + 4]
         assert record.index == index and registry.epsilons_of(index) == pytest.approx(slots)
         assert record.epsilon == pytest.approx(sum(slots) / 4)
-    over_actors = ActorRegistry(load_config("cartpole", ["actor.num_actors=2"]))
+    over_actors = ActorRegistry(load_config("cartpole", ["actor.num_actors=2", "actor.epsilon_over=actors"]))
     assert over_actors.sends_epsilon and over_actors.epsilon_of(1) == pytest.approx(0.4**8)
