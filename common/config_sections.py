@@ -188,8 +188,8 @@ class ActorConfig:
     """what the Ape-X ladder is spread over: 'slots' (one epsilon per environment, slot j of actor i being
     g = (i mod N) * E + j of N * E, E = env.num_envs) or 'actors' (one per actor, i of N). 'slots', as in
     Ape-X, whose every actor stepped one environment: a small cluster gets N * E rungs between the same
-    ends instead of N (2 actors: 0.4 and 0.4 ** 8 only); on MountainCar it reached the goal in fewer env
-    steps and on CartPole it did no worse (docs/benchmarks.md, "Exploration over env slots")"""
+    ends instead of N (2 actors: 0.4 and 0.4 ** 8 only); on MountainCar and CartPole it reached the goal
+    in fewer env steps (docs/benchmarks.md, "Exploration over env slots")"""
     send_size: int = 64
     """transitions per message to the replay server"""
     stats_interval_s: float = 1.0
