@@ -1,7 +1,9 @@
 """The actor: steps a vector of environments epsilon-greedily and pushes n-step transitions to replay.
 
 Each actor has one global index i (from the launcher or assigned by the learner) and acts with the
-Ape-X epsilon_i = base ** (1 + alpha * i / (N - 1)), so the population explores at many rates at once.
+Ape-X epsilon_i = base ** (1 + alpha * i / (N - 1)), so the population explores at many rates at once;
+with actor.epsilon_over = "slots" the same formula runs over every environment slot of the population
+instead (common/epsilon_ladder.py), each env of the vector with its own epsilon.
 Initial priorities are the transitions' own |TD errors| under the actor's network copy (Ape-X), so new
 data is sampled in proportion to how surprising it is rather than all at the maximum priority. As in the
 Ape-X paper they come from the Q-values computed for acting, not from a second pass over every batch.
@@ -27,7 +29,7 @@ from actor.link import LearnerLink
 from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
 from common.envs import EpisodeScores, env_spec, make_vector_env
-from common.epsilon_ladder import apex_epsilon
+from common.epsilon_ladder import slot_epsilons
 from common.frame_dedup import dedup_stacks
 from common.policy_network import policy_network
 from common.process import derive_seed
@@ -126,15 +128,22 @@ class Outbox:
 
 class Actor:
     def __init__(self, link: LearnerLink, config: RunConfig, actor_index: int, epsilon: float | None = None) -> None:
-        """`epsilon`: the one the learner chose (its welcome's); None computes the Ape-X one here."""
+        """`epsilon`: the one the learner chose (its welcome's) for every env; None computes the Ape-X
+        epsilons here, one per env slot (all equal unless actor.epsilon_over is "slots")."""
         self.link = link
         self.config = config
         self.index = actor_index
         self.spec = env_spec(config.env)
         ac = config.actor
+        num_envs = config.env.num_envs
         if epsilon is None:
-            epsilon = apex_epsilon(actor_index, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha)
-        self.epsilon = epsilon
+            slots = slot_epsilons(
+                actor_index, num_envs, ac.num_actors, ac.epsilon_base, ac.epsilon_alpha, ac.epsilon_over
+            )
+        else:
+            slots = [float(epsilon)] * num_envs
+        # A scalar when every env shares it: epsilon_greedy's cheapest path, run every step.
+        self.epsilon: float | np.ndarray = slots[0] if len(set(slots)) == 1 else np.asarray(slots)
         self.q = policy_network(  # numpy for MLPs: no torch in the process at all
             self.spec.obs_shape, self.spec.num_actions, config.network, seed=derive_seed(config.seed, 1, actor_index)
         )
@@ -234,7 +243,7 @@ class Actor:
             "transitions_dropped": self.transitions_dropped,
             "stream": self.stream,
             "weight_version": self.link.version,
-            "epsilon": self.epsilon,
+            "epsilon": float(np.mean(self.epsilon)),  # over the env slots: the expected share of random actions
             "steps_per_s": steps_per_s,
         }
         if len(self.returns) > MAX_EPISODES_PER_REPORT:  # the newest, as many as one report may carry
@@ -255,7 +264,9 @@ class Actor:
         outbox = Outbox(ac.send_size)
         self._next_report = time.monotonic() + ac.stats_interval_s
         self._last_report = (0, time.monotonic())
-        log.info("actor %d acting with epsilon %.4g on %d x %s", self.index, self.epsilon, num_envs, self.config.env.id)
+        low, high = float(np.min(self.epsilon)), float(np.max(self.epsilon))
+        shown = f"{low:.4g}" if low == high else f"{high:.4g}..{low:.4g} (one per env)"
+        log.info("actor %d acting with epsilon %s on %d x %s", self.index, shown, num_envs, self.config.env.id)
         self._take_weights()
         next_weights_check = time.monotonic() + WEIGHTS_POLL_S
         q, q_version = self.q(obs), self.link.version

@@ -1,7 +1,7 @@
-"""The Ape-X exploration ladder: each actor's fixed epsilon, from its index in the population.
+"""The Ape-X exploration ladder: each actor's (or each environment slot's) fixed epsilon, from its index.
 
-Both roles need it: the learner chooses each joining actor's epsilon (and sends it in `welcome`),
-and an actor of a learner that sends none falls back on it.
+Both roles need it: the learner chooses each joining actor's epsilons (and sends the per-actor one in
+`welcome`), and an actor of a learner that sends none computes them here (docs/protocol.md, "Acting").
 """
 
 from __future__ import annotations
@@ -38,3 +38,30 @@ def apex_epsilon(index: int, population: int, base: float = 0.4, alpha: float = 
         return float(base)
     i = index % population
     return float(base ** (1.0 + alpha * i / (population - 1)))
+
+
+EPSILON_OVER = ("actors", "slots")
+
+
+def slot_epsilons(
+    index: int, num_envs: int, population: int, base: float = 0.4, alpha: float = 7.0, over: str = "actors"
+) -> list[float]:
+    """Return the epsilon of each of actor ``index``'s ``num_envs`` environment slots.
+
+    ``over="actors"``: every slot gets the actor's ``apex_epsilon(index, population)``. ``over="slots"``:
+    slot ``j`` is global slot ``g = (index mod N) * E + j`` of a population of ``N * E`` slots and gets
+    ``apex_epsilon(g, N * E)``, the Ape-X formula exactly, over every environment the population steps.
+    Why slots: with few actors the per-actor ladder has few rungs (two actors: 0.4 and 0.4 ** 8), so
+    half the experience is all but greedy; spread over slots the same formula has N * E rungs between
+    the same ends. Joiners beyond N repeat the slots of ``index mod N``, as with actors.
+    """
+    if over not in EPSILON_OVER:
+        raise ValueError(f"over must be one of {EPSILON_OVER}, got {over!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if over == "actors":
+        return [apex_epsilon(index, population, base, alpha)] * num_envs
+    if population < 1 or index < 0:  # apex_epsilon's own messages
+        apex_epsilon(index, population, base, alpha)
+    first = (index % population) * num_envs
+    return [apex_epsilon(first + j, population * num_envs, base, alpha) for j in range(num_envs)]

@@ -24,6 +24,11 @@ gone for good. Beyond N the lowest free index >= N is given, and every index exp
 of `index mod N` (`common.epsilon_ladder.apex_epsilon`): a grown population repeats the Ape-X ladder from
 its most exploring rung (0.4 with the defaults), never extrapolating it to greedy. With N = 1 every
 actor gets the base epsilon. The learner sends the epsilon it chose in `welcome.epsilon`.
+
+With `actor.epsilon_over = "slots"` the ladder runs over the N * E environment slots instead (slot j of
+index i is (i mod N) * E + j, `common.epsilon_ladder.slot_epsilons`); an actor's slots then differ, so
+the welcome carries no `epsilon` (the actor computes them from the config by the same rule) and the
+record keeps their mean, the actor's expected share of random actions, which is also what actors report.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import RunConfig
-from common.epsilon_ladder import apex_epsilon
+from common.epsilon_ladder import slot_epsilons
 from common.wire import MAX_EPISODES_PER_REPORT
 
 log = logging.getLogger(__name__)
@@ -64,7 +69,7 @@ class ActorRecord:
     index: int
     key: tuple[str, Any]  # ("instance", str) or ("peer", ROUTER identity)
     peer: bytes
-    epsilon: float  # the one the learner chose
+    epsilon: float  # the one the learner chose (with epsilon_over "slots", the mean over its env slots)
     last_seen: float
     tokens: float  # env steps this actor may still add (token bucket)
     env_steps: int = 0  # its last accepted cumulative count
@@ -84,6 +89,8 @@ class ActorRegistry:
         ac = config.actor
         self.population = ac.num_actors
         self._base, self._alpha = ac.epsilon_base, ac.epsilon_alpha
+        self._over, self._num_envs = ac.epsilon_over, config.env.num_envs
+        self.sends_epsilon = ac.epsilon_over == "actors"  # one epsilon per actor, so `welcome` can carry it
         self.steps_per_s = STEPS_PER_ENV_PER_S * config.env.num_envs
         self.burst = self.steps_per_s * BURST_S
         self.silent_s = max(SILENT_AFTER_S, 3 * ac.stats_interval_s)
@@ -95,8 +102,14 @@ class ActorRegistry:
         self.env_steps = 0  # summed from accepted increments, restarts included
         self.refused: Counter[str] = Counter()  # reports taken in part (the callers count refusals)
 
+    def epsilons_of(self, index: int) -> list[float]:
+        """The epsilon of each env slot of the actor at `index`."""
+        return slot_epsilons(index, self._num_envs, self.population, self._base, self._alpha, self._over)
+
     def epsilon_of(self, index: int) -> float:
-        return apex_epsilon(index, self.population, self._base, self._alpha)
+        """The actor's epsilon; with epsilon_over "slots", its slots' mean."""
+        slots = self.epsilons_of(index)
+        return slots[0] if self.sends_epsilon else sum(slots) / len(slots)
 
     def free_index(self) -> int:
         """The lowest index no record holds: [0, N) first, then N, N+1, ..."""

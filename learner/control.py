@@ -280,7 +280,11 @@ class ControlServer(threading.Thread):
             index, epsilon = record.index, record.epsilon
         if new:
             joined = f"{role} {index} joined from {printable(meta.get('host', '?'))} (pid {meta.get('pid')})"
-            log.info(joined + (f", epsilon {epsilon:.4g}" if epsilon is not None else ""))
+            if epsilon is not None:
+                joined += f", epsilon {epsilon:.4g}" + ("" if self.registry.sends_epsilon else " (its env slots' mean)")
+            log.info(joined)
+        if not self.registry.sends_epsilon:  # its env slots differ: the actor computes them (docs/protocol.md)
+            epsilon = None
         config = self.config.to_dict()
         # Key file locations are this machine's business; actors bring their own keys.
         config["net"].update(curve_secret_key="", curve_server_key="", curve_authorized_dir="")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import zmq
 
 from actor.actor import Actor, Outbox
@@ -193,3 +194,41 @@ def test_a_dropped_report_keeps_its_episodes_for_the_next_one() -> None:
     newest = actor.link.sent[1]
     assert len(newest["episode_returns"]) == MAX_EPISODES_PER_REPORT == len(newest["episode_lengths"])
     assert newest["episode_returns"][-1] == MAX_EPISODES_PER_REPORT + 4
+
+
+def test_an_actor_over_slots_explores_each_env_at_its_own_rung(monkeypatch) -> None:
+    """With actor.epsilon_over = "slots", env j of actor 1 (of 2, 4 envs each) acts at the Ape-X epsilon of
+    global slot 4 + j of 8: the share of its actions that are not the greedy one is epsilon / 2 (CartPole
+    has 2 actions), and the actor reports its slots' mean."""
+    import actor.actor as actor_module
+    from common.epsilon_ladder import slot_epsilons
+
+    overrides = ["env.num_envs=4", "actor.num_actors=2", "actor.epsilon_over=slots", "actor.epsilon_alpha=2"]
+    actor = Actor(StillLink(), load_config("cartpole", [*overrides, "network.hidden=[16]"]), actor_index=1)
+    actor.push.close(linger=0)
+    actor.push = RecordingPush()
+    reports: list[dict] = []
+    actor.link.send = lambda kind, meta, arrays: reports.append(meta) or True
+    off_greedy, steps = np.zeros(4), 4000
+    choose = actor_module.epsilon_greedy
+    stop = threading.Event()
+
+    def counted(q, epsilon, rng):  # the real choice, counted
+        nonlocal steps
+        actions = choose(q, epsilon, rng)
+        off_greedy[:] += actions != q.argmax(axis=1)
+        steps -= 1
+        if steps == 0:
+            stop.set()
+        return actions
+
+    monkeypatch.setattr(actor_module, "epsilon_greedy", counted)
+    try:
+        actor.run(stop)
+    finally:
+        actor.close()
+    expected = np.asarray(slot_epsilons(1, 4, 2, 0.4, 2.0, "slots"))  # 0.4 ** (1 + 2 g / 7), g = 4..7
+    assert expected == pytest.approx([0.4 ** (1 + 2 * g / 7) for g in range(4, 8)])
+    share = off_greedy / 4000
+    assert np.all(np.abs(share - expected / 2) < 4 * np.sqrt(expected / 2 / 4000)), (share, expected / 2)
+    assert reports[-1]["epsilon"] == pytest.approx(expected.mean())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from actor.exploration import epsilon_greedy
-from common.epsilon_ladder import apex_epsilon
+from common.epsilon_ladder import apex_epsilon, slot_epsilons
 
 
 def test_apex_epsilon_endpoints_for_eight_actors() -> None:
@@ -56,6 +56,45 @@ def test_apex_epsilon_validation(index: int, population: int, base: float, alpha
 
 def test_apex_epsilon_base_one_is_allowed() -> None:
     assert apex_epsilon(3, 8, base=1.0) == 1.0
+
+
+def test_slot_epsilons_over_actors_repeat_the_actors_epsilon() -> None:
+    for index in range(5):  # 3 and 4: joiners beyond N = 3
+        assert slot_epsilons(index, 4, 3, 0.4, 7.0, "actors") == [apex_epsilon(index % 3, 3)] * 4
+
+
+def test_slot_epsilons_over_slots_are_the_apex_formula_over_every_env_slot() -> None:
+    """Slot j of actor i is g = i * E + j of N * E: 2 actors x 4 envs are one ladder of 8 rungs."""
+    ladder = [0.4 ** (1 + 7.0 * g / 7) for g in range(8)]
+    assert slot_epsilons(0, 4, 2, over="slots") == pytest.approx(ladder[:4], rel=1e-12)
+    assert slot_epsilons(1, 4, 2, over="slots") == pytest.approx(ladder[4:], rel=1e-12)
+    assert slot_epsilons(1, 4, 2, over="slots")[-1] == pytest.approx(0.4**8)  # the same ends as over actors
+    alpha3 = [0.4 ** (1 + 3.0 * g / 11) for g in range(12)]  # 3 actors x 4 envs, alpha 3
+    assert sum((slot_epsilons(i, 4, 3, 0.4, 3.0, "slots") for i in range(3)), []) == pytest.approx(alpha3)
+
+
+def test_slot_epsilons_joiners_beyond_the_population_repeat_its_slots() -> None:
+    for index in range(2, 7):
+        assert slot_epsilons(index, 4, 2, over="slots") == slot_epsilons(index % 2, 4, 2, over="slots")
+
+
+def test_slot_epsilons_edge_cases() -> None:
+    assert slot_epsilons(0, 3, 1, 0.5, 2.0, "slots") == pytest.approx([0.5, 0.5**2, 0.5**3])  # N = 1: a ladder still
+    assert slot_epsilons(5, 1, 1, 0.5, 2.0, "slots") == [0.5]  # one slot in all: the base, as one actor
+    assert slot_epsilons(1, 1, 3, over="slots") == [apex_epsilon(1, 3)]  # E = 1: the actors' ladder
+    for bad in ({"over": "envs"}, {"num_envs": 0}, {"population": 0}, {"index": -1}):
+        args = {"index": 0, "num_envs": 4, "population": 2, "over": "slots", **bad}
+        with pytest.raises(ValueError):
+            slot_epsilons(**args)
+
+
+def test_slots_leave_less_of_the_experience_all_but_greedy_with_few_actors() -> None:
+    """The issue with 2 actors: half the slots at 0.4 ** 8 over actors; over slots only the 3 of 8 below 0.01."""
+    over_actors = [e for i in range(2) for e in slot_epsilons(i, 4, 2, over="actors")]
+    over_slots = [e for i in range(2) for e in slot_epsilons(i, 4, 2, over="slots")]
+    assert sum(e < 0.01 for e in over_actors) == 4 and sum(e < 0.01 for e in over_slots) == 3
+    assert sorted(set(over_actors)) == pytest.approx([0.4**8, 0.4]) and len(set(over_slots)) == 8
+    assert min(over_slots) == pytest.approx(min(over_actors)) and max(over_slots) == max(over_actors)
 
 
 def test_epsilon_zero_is_argmax() -> None:

@@ -23,7 +23,7 @@ def _config(*overrides: str):
 
 
 def test_a_retried_hello_gets_the_same_index_and_the_learner_chooses_the_epsilon() -> None:
-    config = _config("actor.num_actors=3")
+    config = _config("actor.num_actors=3", "actor.epsilon_over=actors")  # one epsilon per actor, in welcome
     ctx = zmq.Context()
     control = ControlServer(config, ctx)
     control.start()

@@ -440,3 +440,23 @@ if __name__ == "__main__":
     print(f"hello: {_hex(EXAMPLES['hello']()[0])}")
     for example in sorted(set(EXAMPLES) - {"hello"}):
         print(f"\n```hex {example}\n{_block_text(example)}\n```")
+
+
+# ---- the worked exploration example ----------------------------------------------------------------
+def test_the_documented_epsilons_are_the_ladders_of_both_rules() -> None:
+    """ "Acting"'s example, from the document's formula in plain Python and from common.epsilon_ladder."""
+    from common.epsilon_ladder import slot_epsilons
+
+    example = json.loads(_fenced(_doc(), "epsilons")["apex-2x4"])
+    n, e, base, alpha = (example[k] for k in ("num_actors", "num_envs", "epsilon_base", "epsilon_alpha"))
+
+    def eps(k: int, m: int) -> float:
+        return base if m == 1 else base ** (1 + alpha * k / (m - 1))
+
+    for i in range(3):
+        by_actor = [eps(i % n, n)] * e
+        by_slot = [eps((i % n) * e + j, n * e) for j in range(e)]
+        assert example["actors"][i] == pytest.approx(by_actor, rel=1e-9)
+        assert example["slots"][i] == pytest.approx(by_slot, rel=1e-9)
+        assert slot_epsilons(i, e, n, base, alpha, "actors") == pytest.approx(example["actors"][i], rel=1e-9)
+        assert slot_epsilons(i, e, n, base, alpha, "slots") == pytest.approx(example["slots"][i], rel=1e-9)

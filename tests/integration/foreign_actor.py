@@ -232,9 +232,14 @@ class ForeignActor:
         self.index, self.run_id = welcome["actor_index"], welcome["run_id"]
         env, net, ac = config["env"], config["network"], config["actor"]
         self.config = config
-        n, base, alpha = ac["num_actors"], ac["epsilon_base"], ac["epsilon_alpha"]
-        ladder = base if n == 1 else base ** (1 + alpha * (self.index % n) / (n - 1))
-        self.epsilon = float(welcome.get("epsilon", ladder))
+        n, e, base, alpha = ac["num_actors"], env["num_envs"], ac["epsilon_base"], ac["epsilon_alpha"]
+        if ac.get("epsilon_over", "actors") == "slots":  # env j is global slot (i mod N) * E + j of N * E
+            slots = [(self.index % n) * e + j for j in range(e)]
+            ladder = [base if n * e == 1 else base ** (1 + alpha * g / (n * e - 1)) for g in slots]
+        else:
+            ladder = [base if n == 1 else base ** (1 + alpha * (self.index % n) / (n - 1))] * e
+        self.epsilons = np.array([welcome["epsilon"]] * e if "epsilon" in welcome else ladder, np.float64)
+        self.epsilon = float(self.epsilons.mean())  # what actor_stats reports
         if net["torso"] != "mlp":
             raise SystemExit("this minimal actor computes MLP networks only")
         kwargs = {"max_episode_steps": env["max_episode_steps"]} if env["max_episode_steps"] else {}
@@ -371,7 +376,7 @@ class ForeignActor:
             self.drain_broadcast()
             self.report()
             q = self.q(np.stack(obs))
-            explore = rng.random(len(obs)) < self.epsilon
+            explore = rng.random(len(obs)) < self.epsilons
             actions = np.where(explore, rng.integers(self.num_actions, size=len(obs)), q.argmax(axis=1))
             built = []
             for e, env in enumerate(self.envs):

@@ -67,3 +67,17 @@ def test_out_of_range_indices_and_instances_are_refused() -> None:
         with pytest.raises(Refused, match="bad_instance"):
             registry.join(b"p", instance, -1, now=0.0)
     assert registry.records == {}
+
+
+def test_over_slots_the_roll_keeps_each_actors_slots_and_their_mean() -> None:
+    """2 actors x 4 envs: the ladder of 8 slots; a joiner beyond N repeats the slots of index mod N."""
+    registry = ActorRegistry(load_config("cartpole", ["actor.num_actors=2", "actor.epsilon_over=slots"]))
+    assert not registry.sends_epsilon
+    ladder = [0.4 ** (1 + 7 * g / 7) for g in range(8)]
+    for peer, index in ((b"a", 0), (b"b", 1), (b"c", 2), (b"d", 3)):
+        record = registry.join(peer, peer.decode(), -1, now=0.0)[0]
+        slots = ladder[4 * (index % 2) : 4 * (index % 2) + 4]
+        assert record.index == index and registry.epsilons_of(index) == pytest.approx(slots)
+        assert record.epsilon == pytest.approx(sum(slots) / 4)
+    over_actors = ActorRegistry(load_config("cartpole", ["actor.num_actors=2", "actor.epsilon_over=actors"]))
+    assert over_actors.sends_epsilon and over_actors.epsilon_of(1) == pytest.approx(0.4**8)

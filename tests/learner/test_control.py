@@ -287,7 +287,7 @@ def test_one_message_that_breaks_a_handler_is_counted_and_the_thread_keeps_servi
 
 # ---- exploration of joiners ----------------------------------------------------------------------
 def test_joiners_fill_the_population_first_and_are_told_their_epsilon() -> None:
-    with _serve("actor.num_actors=3") as (_, ctx, port):
+    with _serve("actor.num_actors=3", "actor.epsilon_over=actors") as (_, ctx, port):
         launched = _Peer(ctx, port, "launched").hello(1)  # a launched actor with its index
         assert launched["epsilon"] == pytest.approx(apex_epsilon(1, 3))
         welcomes = [_Peer(ctx, port, f"a{i}").hello(-1) for i in range(4)]
@@ -298,7 +298,17 @@ def test_joiners_fill_the_population_first_and_are_told_their_epsilon() -> None:
         assert "epsilon" not in _Peer(ctx, port, "e").hello(0, role="evaluator")
 
 
+def test_over_slots_the_welcome_leaves_the_epsilons_to_the_actors_rule() -> None:
+    """An actor's env slots explore at different rates then: one `epsilon` cannot say them, so none is sent
+    (docs/protocol.md, "Acting": the actor computes them from the config it is sent)."""
+    with _serve("actor.num_actors=2", "actor.epsilon_over=slots") as (_, ctx, port):
+        welcomes = [_Peer(ctx, port, f"a{i}").hello(-1) for i in range(3)]
+        assert [w["actor_index"] for w in welcomes] == [0, 1, 2]
+        assert all("epsilon" not in w for w in welcomes)
+        assert all(w["config"]["actor"]["epsilon_over"] == "slots" for w in welcomes)
+
+
 def test_a_population_of_one_explores_at_the_base_epsilon() -> None:
-    with _serve("actor.num_actors=1") as (_, ctx, port):
+    with _serve("actor.num_actors=1", "actor.epsilon_over=actors") as (_, ctx, port):
         for i in range(3):
             assert _Peer(ctx, port, f"a{i}").hello(-1)["epsilon"] == pytest.approx(0.4)
