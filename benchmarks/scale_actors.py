@@ -24,6 +24,7 @@ behind one relay each, Nature CNN weights (a synthetic Atari-shaped env), CurveZ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import tempfile
@@ -49,14 +50,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--relays", type=int, default=3, help="relays in the one-host relay phase")
     parser.add_argument("--steps-per-s", type=float, default=0.0, help="each actor's pace (default 10; CNN 2)")
     parser.add_argument("--seconds", type=float, default=0.0, help="measured window per phase (default 45)")
-    parser.add_argument("--publish-period", type=int, default=0, help="learner updates per version (default 5; CNN 2)")
+    parser.add_argument(
+        "--keep", default="", metavar="DIR", help="run in DIR and keep its logs (default: a temporary one)"
+    )
+    parser.add_argument("--publish-period", type=int, default=0, help="learner updates per version (default 2; CNN 1)")
     args = parser.parse_args()
     cnn = args.hosts > 0
     args.actors = args.actors or (4 if args.quick else 256)
     args.per_process = min(args.per_process, args.actors) if not args.quick else 2
     args.steps_per_s = args.steps_per_s or (2.0 if cnn else 10.0) * (5 if args.quick else 1)
     args.seconds = args.seconds or (6.0 if args.quick else 45.0)
-    args.publish_period = args.publish_period or (2 if cnn else 5)
+    args.publish_period = args.publish_period or (1 if cnn else 2)
     if args.quick:
         args.phases = "shm,relay" if not cnn else args.phases
         args.relays = 1
@@ -137,9 +141,14 @@ def main() -> int:
         f"{args.shards} shard(s), {f'{args.hosts} namespace hosts' if args.hosts else 'one host'}, "
         f"{args.seconds:g} s measured per phase"
     )
-    with tempfile.TemporaryDirectory(prefix="distdqn-scale-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = Path(args.keep).resolve()
+            tmp.mkdir(parents=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distdqn-scale-")))
         try:
-            results = scale_run.run(args, Path(tmp))
+            results = scale_run.run(args, tmp)
         except scale_run.Skipped as why:
             print(f"skipped: {why}")
             write_result(NAME, args.json, args, {"skipped": str(why)})
@@ -150,9 +159,10 @@ def main() -> int:
     results["goals"] = {"p50_ms": GOAL_P50_MS, "p99_ms": GOAL_P99_MS} if args.hosts else {}
     results["load_average_end"] = os.getloadavg()
     write_result(NAME, args.json, args, results)
-    failed = [p["name"] for p in results["phases"] if p["latency"]["applied"] == 0]
-    if results["accounting"]["problems"] or failed:
-        print(f"FAILED: {'; '.join(results['accounting']['problems'] + [f'no weights applied in {failed}'])}")
+    problems = list(results["accounting"]["problems"])
+    problems += [f"no weights applied in phase {p['name']}" for p in results["phases"] if not p["latency"]["applied"]]
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s), the first: {problems[0]}")
         return 1
     return 0
 

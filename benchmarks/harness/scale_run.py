@@ -30,10 +30,10 @@ from harness.system_probes import (
 )
 
 START_TIMEOUT_S = 300.0  # 16 processes importing numpy and gymnasium (torch for the CNN) on two cores
-WARMUP_S = 3.0
+WARMUP_S = 5.0
 SETTLE_S = 2.0  # versions published this close to the window's end are not counted (still on their way)
-MLP_UPDATES_PER_S = 20.0
-CNN_UPDATES_PER_S = 4.0
+MLP_UPDATES_PER_S = 8.0  # low enough that the learner keeps up on a busy two-core machine: inserts never wait
+CNN_UPDATES_PER_S = 2.0
 STRIDE = 10  # net.shard_port_stride's default
 
 
@@ -235,6 +235,11 @@ class Run:
             outs.append(out)
         what = f"{args.actors} actors stepping"
         wait_for(lambda: self._running(outs) >= args.actors, START_TIMEOUT_S, what, self.children)
+        # Then a few versions out, so every actor follows them (a relay's actors that went to the learner
+        # directly while it had nothing to relay are back behind it) before the window opens.
+        published = len(read_stamps(self.stamps)[0])
+        new = lambda: len(read_stamps(self.stamps)[0]) >= published + 3  # noqa: E731
+        wait_for(new, 120, "three versions published with every actor stepping", self.children)
         time.sleep(WARMUP_S)
         window = self._window(relays, hosts)
         self.children.stop(hosts, grace_s=40)
