@@ -33,6 +33,7 @@ from common.policy_network import policy_network
 from common.process import derive_seed
 from common.run_keys import local_ingest_address
 from common.security import secure_client
+from common.shards import shard_of_actor
 from common.sockets import BULK_KERNEL_BUFFER, connect, is_loopback, make_socket, send_frames
 from common.wire import MAX_EPISODES_PER_REPORT
 
@@ -156,12 +157,13 @@ class Actor:
         )
         # On replay's host with run keys, the ipc socket in the private run-keys directory: no CURVE cost.
         run_keys = link.curve is not None and link.curve.run_keys  # not with keys of the user's own
-        local = local_ingest_address() if run_keys and is_loopback(replay_host) else None
+        self.shard = shard_of_actor(actor_index, config.replay.shards)  # its replay server (common/shards.py)
+        local = local_ingest_address(self.shard) if run_keys and is_loopback(replay_host) else None
         if local is not None:
             self.push.connect(local)
         else:
             secure_client(self.push, link.curve)
-            connect(self.push, replay_host, config.net.ingest_port)
+            connect(self.push, replay_host, config.net.shard_ports(self.shard)[0])
         self.stream = secrets.token_hex(4)
         # Replay keeps (K, H, W) observations as distinct frames unless replay.frame_dedup is off (MinAtar's
         # channels are not a stack of frames): then plain rows are what it stores anyway.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from collections.abc import Iterable, Mapping
@@ -87,6 +88,9 @@ class RunConfig:
         )
         self._check_rate_tolerance()
         self._check_frame_ring()
+        if self.replay.shards > 1:
+            self.net.check_shard_ports(self.replay.shards)
+            shard_sizes(self)  # refuses shares too small to serve a batch
 
     def _check_rate_tolerance(self) -> None:
         """A tolerance too small for one insert message and one sample batch between the limiter's bounds
@@ -130,6 +134,21 @@ def check_frame_ring(replay: ReplayConfig, send_size: int, stack: int) -> None:
         f"{replay.capacity} x replay.frames_per_transition ({replay.frames_per_transition:g}) frames cannot hold "
         f"one message of actor.send_size={send_size} stacks of {stack} frames ({needed} frames)",
     )
+
+
+def shard_sizes(config: RunConfig) -> tuple[int, int]:
+    """(capacity, min_size) of each of `replay.shards` shards (common/shards.py): its share of the run's,
+    with at least one batch to serve before it serves."""
+    rc, shards = config.replay, config.replay.shards
+    capacity = math.ceil(rc.capacity / shards)
+    min_size = max(math.ceil(rc.min_size / shards), config.learner.batch_size)
+    _check(
+        min_size <= capacity,
+        "replay.capacity",
+        f"{rc.capacity} over {shards} shards is {capacity} each, less than a shard's min_size {min_size} "
+        "(at least learner.batch_size): raise the capacity or use fewer shards",
+    )
+    return capacity, min_size
 
 
 def rate_tolerance_needed(samples_per_insert: float, send_size: int, batch_size: int) -> float:

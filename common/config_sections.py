@@ -100,6 +100,9 @@ class ReplayConfig:
     stop_grace_s: float = 3.0
     """at a stop, how long replay keeps reading ingest for the stream_end of streams still open (it
     stops sooner once they have all ended) before it writes the accounting ledger"""
+    shards: int = 1
+    """replay servers (processes) the run's data is spread over: actor i pushes to shard i mod shards,
+    each holds capacity/shards, and the learner samples them as one buffer (common/shards.py)"""
 
     def __post_init__(self) -> None:
         check(self.capacity >= 1, "replay.capacity", "must be >= 1")
@@ -112,6 +115,7 @@ class ReplayConfig:
         check(self.snapshot_interval_s >= 0, "replay.snapshot_interval_s", "must be >= 0 (0: no timed snapshots)")
         check(0 < self.frames_per_transition <= 16, "replay.frames_per_transition", "must be in (0, 16]")
         check(0 <= self.stop_grace_s <= 600, "replay.stop_grace_s", "must be in [0, 600] seconds")
+        check(1 <= self.shards <= 64, "replay.shards", f"must be in [1, 64], got {self.shards}")
         for name in ("max_abs_obs", "max_abs_reward", "max_priority"):
             value = getattr(self, name)
             check(0 < value < float("inf"), f"replay.{name}", f"must be a finite number > 0, got {value!r}")
@@ -248,6 +252,9 @@ class NetConfig:
     """replay server: transitions from actors (PULL)"""
     sample_port: int = 5553
     """replay server: sample requests and priority updates from the learner (ROUTER)"""
+    shard_port_stride: int = 10
+    """replay shard k listens on ingest_port and sample_port plus k * this (and its metrics, when on,
+    on the port after the learner's plus k)"""
     max_message_mb: int = 256
     """messages larger than this are dropped by the socket and never reach a decoder"""
     send_hwm: int = 4
@@ -279,6 +286,7 @@ class NetConfig:
             check(1 <= port <= 65535, f"net.{name}", f"must be a TCP port in [1, 65535], got {port}")
         ports = [self.learner_port, self.weights_port, self.ingest_port, self.sample_port]
         check(len(set(ports)) == 4, "net", f"the four ports must differ, got {ports}")
+        check(1 <= self.shard_port_stride <= 1000, "net.shard_port_stride", "must be in [1, 1000]")
         check(_valid_host(self.bind_host), "net.bind_host", f"not an IP address or '*': {self.bind_host!r}")
         check(1 <= self.max_message_mb <= 4096, "net.max_message_mb", "must be in [1, 4096]")
         check(1 <= self.send_hwm <= 1_000_000, "net.send_hwm", "must be in [1, 1000000]")
@@ -316,6 +324,32 @@ class NetConfig:
             f"{self.metrics_bind_host} is not loopback: set metrics_tls_cert, _key and _client_ca "
             "(HTTPS, client certificates required) or keep 127.0.0.1",
         )
+
+    def shard_ports(self, shard: int) -> tuple[int, int]:
+        """(ingest, sample) ports of replay shard `shard` (shard 0: ingest_port, sample_port)."""
+        offset = shard * self.shard_port_stride
+        return self.ingest_port + offset, self.sample_port + offset
+
+    def check_shard_ports(self, shards: int) -> None:
+        """Every shard's ports are TCP ports and none is another's, the learner's or a metrics port."""
+        if shards == 1:
+            return
+        taken = {self.learner_port: "net.learner_port", self.weights_port: "net.weights_port"}
+        if self.metrics_port:
+            taken.update({self.metrics_port + k: "a metrics port" for k in range(shards + 1)})
+        for shard in range(shards):
+            for port in self.shard_ports(shard):
+                check(
+                    1 <= port <= 65535,
+                    "net.shard_port_stride",
+                    f"replay shard {shard} would listen on port {port}, not a TCP port: lower the ports or the stride",
+                )
+                check(
+                    port not in taken,
+                    "net.shard_port_stride",
+                    f"replay shard {shard}'s port {port} is also {taken.get(port)}: choose another stride",
+                )
+                taken[port] = f"replay shard {shard}'s"
 
     def with_port_base(self, base: int) -> NetConfig:
         """Four consecutive ports from `base`: handy to run several clusters side by side."""

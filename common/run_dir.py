@@ -2,8 +2,8 @@
 
 A checkpoint is loaded with `weights_only=True` and a snapshot without pickle, so a planted file cannot run
 code, but it could still hand a resumed run another model. So a role refuses to start in a run directory,
-or in its checkpoints/, replay/ or logs/ folder, that another user owns or that others may write to
-(a sticky, world-writable parent such as /tmp is fine: only the directory itself counts).
+or in its checkpoints/, replay/ (replay-K/ of shard K) or logs/ folder, that another user owns or that
+others may write to (a sticky, world-writable parent such as /tmp is fine: only the directory itself counts).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ SUBDIRS = ("checkpoints", "replay", "logs")
 def check_run_dir(run_dir: Path) -> None:
     """Raise StartupError unless every existing part of the run directory is ours and private to write."""
     uid = os.geteuid()
-    for path in (run_dir, *(run_dir / name for name in SUBDIRS)):
+    shard_dirs = sorted(run_dir.glob("replay-*")) if run_dir.is_dir() else []  # replay shards' (common/shards.py)
+    for path in (run_dir, *(run_dir / name for name in SUBDIRS), *shard_dirs):
         try:
             info = path.lstat()
         except FileNotFoundError:

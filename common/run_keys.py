@@ -92,16 +92,18 @@ def client_files(directory: Path, role: str) -> tuple[Path, Path]:
     return directory / f"{role}{SECRET_SUFFIX}", directory / f"server{PUBLIC_SUFFIX}"
 
 
-def local_ingest_address() -> str | None:
-    """replay's ipc:// ingest endpoint inside the run-keys directory, for actors on its host; None without
-    run keys, or (said once) when the path is too long for a Unix socket: then tcp with CURVE it is.
+def local_ingest_address(shard: int = 0) -> str | None:
+    """replay's (shard `shard`'s) ipc:// ingest endpoint inside the run-keys directory, for actors on its
+    host; None without run keys, or (said once) when the path is too long for a Unix socket: then tcp
+    with CURVE it is.
 
     No CURVE on it, and none needed: only the owner can enter a 0700 directory, so nobody else can
     connect to the socket there, nor create one in its place."""
     directory = run_keys_dir()
     if directory is None:
         return None
-    path = str((directory / IPC_INGEST).resolve())
+    name = IPC_INGEST if shard == 0 else IPC_INGEST.replace(".", f"-{shard}.", 1)
+    path = str((directory / name).resolve())
     if len(path.encode()) > IPC_PATH_MAX:
         log.info(
             "run keys path too long for an ipc socket (%d > %d bytes): local ingest uses tcp+CURVE",

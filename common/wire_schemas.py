@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "lost": _COUNT,
     "transitions": _COUNT,
     "bytes": (0, 2**50),
+    "stored": _COUNT,
 }
 # key -> longest string; any other string key gets MAX_STRING.
 STRING_LIMITS: dict[str, int] = {"path": 4096, "detail": 1024, "shm_refused": 1024}
@@ -160,13 +161,13 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "sample": Schema(
         meta={"batch_size": int, "beta": _NUM},
-        optional_meta={"shm_path": str, "shm_token": str, "shm_slot": int},
+        optional_meta={"shm_path": str, "shm_token": str, "shm_slot": int, "with_mass": bool},
         max_bytes=_SMALL,
         doc="learner -> replay: request one prioritized batch (its observations into a shared-memory slot)",
     ),
     "batch": Schema(
         meta={"size": int},
-        optional_meta={"shm_refused": str},
+        optional_meta={"shm_refused": str, "mass": _NUM, "stored": int},
         arrays={
             "obs": None,
             "action": _I64,
@@ -182,6 +183,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "batch_ref": Schema(
         meta={"size": int, "slot": int, "token": str},
+        optional_meta={"mass": _NUM, "stored": int},
         max_bytes=_SMALL,
         doc="replay -> learner: a sampled batch is in the requested slot of the learner's shared-memory file",
     ),
@@ -190,7 +192,11 @@ SCHEMAS: dict[str, Schema] = {
         batched=True,
         doc="learner -> replay: new priorities; ignored for slots overwritten since they were sampled",
     ),
-    "stats_request": Schema(max_bytes=_SMALL, doc="anyone -> replay: ask for the replay_stats counters"),
+    "stats_request": Schema(
+        optional_meta={"with_mass": bool},
+        max_bytes=_SMALL,
+        doc="anyone -> replay: ask for the replay_stats counters",
+    ),
     "replay_stats": Schema(
         meta={"size": int, "capacity": int, "inserted": int, "sampled": int, "rejected": dict},
         optional_meta={
@@ -200,6 +206,7 @@ SCHEMAS: dict[str, Schema] = {
             "waiting": str,
             "dropped": int,
             "lost": int,
+            "mass": _NUM,
         },
         doc="replay -> requester: occupancy and counters (rejected maps reason -> count; dropped, lost in transitions)",
     ),

@@ -25,6 +25,7 @@ class Batch:
     index: np.ndarray
     id: np.ndarray
     slot: int = -1  # the batch file slot these tensors are (CPU, shared memory), else -1
+    shard: int = 0  # the replay shard it came from, which its new priorities go back to
 
 
 def to_batch(arrays: Mapping[str, np.ndarray], *, pin_memory: bool, copy: bool) -> Batch:

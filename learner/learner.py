@@ -189,13 +189,13 @@ class Learner:
             host = td_abs.to("cpu", non_blocking=True)  # pinned; filled when the stream gets there
             landed = torch.cuda.Event()
             landed.record()
-            self.replay.send_priorities(batch.index, batch.id, host, ready=landed)
+            self.replay.send_priorities(batch.index, batch.id, host, ready=landed, shard=batch.shard)
         else:
             if self.guard.host_check(loss, grad_norm, batch.id, td_abs):
                 self.optimizer.step()
             else:
                 td_abs = torch.nan_to_num(td_abs, nan=0.0, posinf=0.0, neginf=0.0)
-            self.replay.send_priorities(batch.index, batch.id, td_abs.numpy())
+            self.replay.send_priorities(batch.index, batch.id, td_abs.numpy(), shard=batch.shard)
         q_mean = q_values.detach().gather(1, action.unsqueeze(1)).mean()
         return loss.detach(), q_mean
 
@@ -231,13 +231,15 @@ class Learner:
         self.publish()
         progress.begin(self.updates, self.env_steps)
         self._next_health_check = self._last_checkpoint = progress.start
+        shards = self.config.replay.shards
         log.info(
-            "learning on %s: control %s, weights %s, replay %s:%d",
+            "learning on %s: control %s, weights %s, replay %s:%d%s",
             self.device,
             self.control.control_address,
             self.control.weights_address,
             self.replay.host,
             self.config.net.sample_port,
+            f" and {shards - 1} more shards every {self.config.net.shard_port_stride} ports" if shards > 1 else "",
         )
         outcome: Outcome | None = None
         try:

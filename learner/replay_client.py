@@ -26,8 +26,14 @@ With replay on the same host, each request names a slot of the learner's batch f
 (`learner.batch_slots`, over common/shared_batches.py) and replay writes the sampled batch straight into
 it: an Atari batch then crosses no socket, and the reply is a header to decode, not eight arrays. On a
 CPU the batch's tensors are the slot itself, so they stay valid until the next `get_batch`; on CUDA (and
-in the threaded mode) they are copied out at once and the slot is free again (`learner.batch`). Each
-reply kind has its handler in one table.
+in the threaded mode) they are copied out at once and the slot is free again (`learner.batch`).
+
+With `replay.shards` K > 1 there is one link (learner/replay_link.py: socket, batch file, requests in
+flight) per shard, and each request goes to a shard chosen by its priority mass (learner/shard_choice.py),
+among those that hold a batch's worth and are heard from. A shard silent for `SHARD_SILENT_S`, or whose
+requests are lost, is left out (logged, counted in `shard_outages`) and its requests go to the others,
+so a dead shard never stalls the update loop; it is asked for statistics meanwhile and rejoins when it
+answers (a restarted shard, from its snapshot, with a fresh socket).
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -46,22 +51,17 @@ import zmq
 
 from common.config import RunConfig
 from common.envs import EnvSpec
-from common.monitor import ConnectionMonitor
-from common.security import ClientSecurity, secure_client
-from common.shared_batches import BatchFile
-from common.sockets import connect, make_socket, send_frames
-from common.wire import DecodeError, Encoder, Message, decode
-from learner.batch import Batch, to_batch
-from learner.batch_slots import BatchSlots
+from common.security import ClientSecurity
+from learner.batch import Batch
+from learner.replay_link import ReplayLink
+from learner.shard_choice import choose_shard
 
 log = logging.getLogger(__name__)
 
-STATS_PERIOD_S = 1.0
-MAX_SAMPLE_TIMEOUT_S = 60.0
-ERROR_PAUSE_S = 0.5  # after replay refuses a request, before asking again
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs microseconds a call
 MONITOR_PERIOD_S = 0.1  # connection events are logged, not acted on: no need to look every update
 PUT_WAIT_S = 0.01  # the longest a priority update waits while the batch queue is full
+SHARD_SILENT_S = 5.0  # a shard that answered no stats request for this long is left out of sampling
+_SUMMED = ("size", "capacity", "inserted", "sampled", "insert_rate", "sample_rate", "dropped", "lost")
 
 
 class Ready(Protocol):
@@ -72,7 +72,7 @@ class Ready(Protocol):
     def synchronize(self) -> None: ...
 
 
-_Priorities = tuple[np.ndarray, np.ndarray, "np.ndarray | torch.Tensor", "Ready | None"]
+_Priorities = tuple[np.ndarray, np.ndarray, "np.ndarray | torch.Tensor", "Ready | None", int]
 
 
 class ReplayClient:
@@ -89,41 +89,70 @@ class ReplayClient:
     ) -> None:
         """`spec` (the run's observations) lets batches come through shared memory when replay is local."""
         self.config = config
-        self.spec = spec
-        self.curve = curve
         self.host = host
         self.pin_memory = pin_memory
         self.threaded = pin_memory if threaded is None else threaded  # see the module docstring
-        self.ctx = ctx
         self.batches: queue.Queue[Batch] = queue.Queue(maxsize=config.learner.prefetch)  # threaded only
         self.priorities: queue.Queue[_Priorities] = queue.Queue()  # threaded only (and before start)
         self._unsent_priorities: deque[_Priorities] = deque()  # taken from the queue, copy not yet landed
-        self.beta = config.replay.beta_start
-        self.stats: dict = {}
-        self.decode_errors = 0
+        self._beta = config.replay.beta_start
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sock: zmq.Socket | None = None
+        self._started = False
         self._ready: deque[Batch] = deque()  # decoded, not yet handed out (or queued, when threaded)
-        self._sent_at: deque[float] = deque()  # when each request in flight was sent, oldest first
-        self._timeout = config.learner.sample_timeout_s
-        self._hold_until = 0.0  # no new requests before this (replay just refused one)
-        self._next_stats = 0.0
+        self._held: Batch | None = None  # the batch the update loop has now, when it is a batch-file slot
         self._next_monitor = 0.0
-        self.requests_lost = 0
-        self._stats_at = 0.0  # when replay_stats last arrived on the current socket
-        self._slots: BatchSlots | None = None  # the batch file in shared memory, when replay can write it
-        self._held_slot = -1  # the slot of the batch the update loop has now (CPU, shared memory)
-        self.batches_by_shared_memory = 0
-        self.batches_by_socket = 0
-        self.stale_batches = 0  # replies for a batch file given up since (see _reset_requests)
-        # One handler per reply kind from replay.
-        self._handlers: dict[str, Callable[[Message], None]] = {
-            "batch": self._on_batch,
-            "batch_ref": self._on_batch_ref,
-            "replay_stats": self._on_stats,
-            "error": self._on_error,
-        }
+        self.links = [
+            ReplayLink(
+                config, host, shard, spec=spec, ctx=ctx, curve=curve, pin_memory=pin_memory, threaded=self.threaded
+            )
+            for shard in range(config.replay.shards)
+        ]
+        self.sharded = len(self.links) > 1
+        self._up = [True] * len(self.links)  # sharded: left out of sampling while False
+        self.shard_outages = 0
+        self._rng = np.random.default_rng()
+        self._poller: zmq.Poller | None = None  # over every link's socket (sharded), remade after a reset
+
+    # ---- what the learner reads -------------------------------------------------------------------
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = value
+        for link in self.links:
+            link.beta = value
+
+    @property
+    def stats(self) -> dict:
+        """The newest replay_stats: one server's, or the shards' summed (with `shards_up`)."""
+        if not self.sharded:
+            return self.links[0].stats
+        heard = [link.stats for link in self.links if link.stats]
+        if not heard:
+            return {}
+        total: dict = {key: sum(s.get(key, 0) for s in heard) for key in _SUMMED}
+        rejected: dict[str, int] = {}
+        for s in heard:
+            for reason, count in s.get("rejected", {}).items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        total["rejected"] = rejected
+        total["samples_per_insert"] = total["sampled"] / total["inserted"] if total["inserted"] else 0.0
+        waiting = [f"{link.label}: {link.stats['waiting']}" for link in self.links if link.stats.get("waiting")]
+        total["waiting"] = "; ".join(waiting)
+        total["shards_up"] = sum(self._up)
+        return total
+
+    def _sum(self, name: str) -> int:
+        return sum(getattr(link, name) for link in self.links)
+
+    requests_lost = property(lambda self: self._sum("requests_lost"))
+    decode_errors = property(lambda self: self._sum("decode_errors"))
+    batches_by_shared_memory = property(lambda self: self._sum("batches_by_shared_memory"))
+    batches_by_socket = property(lambda self: self._sum("batches_by_socket"))
+    stale_batches = property(lambda self: self._sum("stale_batches"))
 
     # ---- the update loop's side ------------------------------------------------------------------
     def start(self) -> None:
@@ -138,7 +167,7 @@ class ReplayClient:
         if self._thread is not None:
             self._thread.join(timeout=5)
         else:
-            self._close_socket()
+            self._close_links()
 
     def get_batch(self, timeout: float) -> Batch | None:
         """The next batch, or None after `timeout` seconds. On a CPU the previous batch's tensors may be
@@ -148,221 +177,179 @@ class ReplayClient:
                 return self.batches.get(timeout=timeout)
             except queue.Empty:
                 return None
-        if self._held_slot >= 0:
-            assert self._slots is not None  # (giving the file up forgets the held slot)
-            self._slots.free.append(self._held_slot)
-            self._held_slot = -1
+        self._free_held()
         deadline = time.monotonic() + timeout
         while True:
             wait = 0.0 if self._ready else max(deadline - time.monotonic(), 0.0)
             self._pump(int(wait * 1000))
             if self._ready:
                 batch = self._ready.popleft()
-                self._held_slot = batch.slot
+                self._held = batch if batch.slot >= 0 else None
                 return batch
             if time.monotonic() >= deadline:
                 return None
 
+    def _free_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            slots = self.links[held.shard].slots
+            # (a link that gave its file up since forgot the slot with it)
+            if slots is not None and slots.tensors.get(held.slot) is held:
+                slots.free.append(held.slot)
+
     def send_priorities(
-        self, index: np.ndarray, ids: np.ndarray, priority: np.ndarray | torch.Tensor, ready: Ready | None = None
+        self,
+        index: np.ndarray,
+        ids: np.ndarray,
+        priority: np.ndarray | torch.Tensor,
+        ready: Ready | None = None,
+        shard: int = 0,
     ) -> None:
-        """New priorities for a batch's rows. `priority` may still be arriving from the GPU (a host tensor
-        an asynchronous copy fills): then `ready` (a CUDA event recorded after the copy) says when it has,
-        and the update loop does not wait for it; they are sent once it has passed."""
-        if self.threaded or self._sock is None:  # (before start: they go out with the first requests)
-            self.priorities.put((index, ids, priority, ready))
+        """New priorities for a batch's rows, to the shard it came from (`Batch.shard`). `priority` may
+        still be arriving from the GPU (a host tensor an asynchronous copy fills): then `ready` (a CUDA
+        event recorded after the copy) says when it has, and the update loop does not wait for it; they
+        are sent once it has passed."""
+        if self.threaded or not self._started:  # (before start: they go out with the first requests)
+            self.priorities.put((index, ids, priority, ready, shard))
         else:
             if ready is not None:
                 ready.synchronize()
-            self._send_priorities(index, ids, np.asarray(priority))
+            self._send_priorities(shard, index, ids, np.asarray(priority))
 
-    # ---- the socket's side (one thread) --------------------------------------------------------
+    # ---- the sockets' side (one thread) --------------------------------------------------------
     def _open(self) -> None:
-        net = self.config.net
-        self._sock = make_socket(self.ctx, zmq.DEALER, hwm=1024, max_message_bytes=net.max_message_mb << 20)
-        secure_client(self._sock, self.curve)
-        self._connections = ConnectionMonitor(log)
-        self._connections.watch(self._sock, "replay sampling")
-        connect(self._sock, self.host, net.sample_port)
-        self._encode = Encoder("learner")
-        self._next_stats = 0.0
-        self._open_batch_file()
+        for link in self.links:
+            link.open()
+        self._poller = None
+        self._started = True
 
-    @property
-    def _batch_file(self) -> BatchFile | None:
-        return self._slots.file if self._slots is not None else None
+    def _close_links(self) -> None:
+        for link in self.links:
+            link.close()
+        self._held = None
 
-    def _open_batch_file(self) -> None:
-        """A fresh batch file with every slot free (none when shared memory is off or unusable here)."""
-        self._close_batch_file()
-        self._slots = BatchSlots.open(self.config, self.spec)
+    def _reset(self, link: ReplayLink) -> None:
+        """Start the link over (see ReplayLink.reset); batches in its old file are gone with it."""
+        if link.slots is not None:
+            self._ready = deque(b for b in self._ready if b.slot < 0 or b.shard != link.shard)
+            if self._held is not None and self._held.shard == link.shard:
+                self._held = None
+        link.reset()
+        self._poller = None
 
-    def _close_batch_file(self) -> None:
-        if self._slots is not None:
-            self._slots.close()
-            self._slots = None
-        self._held_slot = -1
-
-    def _reset_requests(self) -> None:
-        """Forget the requests in flight (lost, or a restarted server) and start over on a new socket and
-        batch file: late replies go to the old socket's identity, late batches into the old file."""
-        self._sent_at.clear()
-        self._stats_at = 0.0
-        if self._slots is not None:
-            self._ready = deque(b for b in self._ready if b.slot < 0)
-        self._close_socket()
-        self._open()
-
-    def _requests_lost(self, now: float) -> None:
-        self.requests_lost += len(self._sent_at)
-        size = self.stats.get("size", "unknown")
-        log.warning(
-            "no answer from replay to a sample request for %.0f s (replay last said size %s, %s); taking the "
-            "%d in flight as lost and sending them again",
-            now - self._sent_at[0],
-            size,
-            f"waiting for {self.stats['waiting']}" if self.stats.get("waiting") else "not waiting",
-            len(self._sent_at),
-        )
-        self._timeout = min(2 * self._timeout, MAX_SAMPLE_TIMEOUT_S)
-        self._reset_requests()
-
-    def _answered(self, batch: bool) -> None:
-        if self._sent_at:
-            self._sent_at.popleft()
-        if batch:
-            self._timeout = self.config.learner.sample_timeout_s
-
-    def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._connections.close()
-            self._sock.close(linger=200)
-            self._sock = None
-        self._close_batch_file()
-
-    def _send_priorities(self, index: np.ndarray, ids: np.ndarray, priority: np.ndarray) -> None:
-        assert self._sock is not None
-        frames = self._encode("priorities", arrays={"index": index, "id": ids, "priority": priority})
-        send_frames(self._sock, frames)
+    def _send_priorities(self, shard: int, index: np.ndarray, ids: np.ndarray, priority: np.ndarray) -> None:
+        link = self.links[shard] if 0 <= shard < len(self.links) else None
+        if link is not None and link.sock is not None:  # (after close: nowhere to send them)
+            link.send_priorities(index, ids, priority)
 
     def _pump(self, wait_ms: int) -> None:
-        """One round of the socket's work: top up the requests in flight, send priorities and the
-        periodic stats request, then take every reply that has arrived (waiting up to `wait_ms`)."""
-        sock = self._sock
-        assert sock is not None
+        """One round of the sockets' work: top up the requests in flight, send priorities and the
+        periodic stats requests, then take every reply that has arrived (waiting up to `wait_ms`)."""
         now = time.monotonic()
         if now >= self._next_monitor:
-            self._connections.poll()
-            self._next_monitor = now + MONITOR_PERIOD_S
-        self._request(sock, now)
+            for link in self.links:
+                link.poll_connections()
+            self._next_monitor = now + 0.1
+        for link in self.links:
+            if now >= link.next_stats:
+                link.send_stats_request(now)
+            if link.lost(now):
+                self._leave_out(link, now, "its sample requests went unanswered")
+                self._reset(link)
+        if self.sharded:
+            self._check_shards(now)
+        self._request(now)
         self._send_landed_priorities()
-        if now >= self._next_stats:
-            sock.send_multipart(self._encode("stats_request"))
-            self._next_stats = now + STATS_PERIOD_S
-        if self._sent_at and now - self._sent_at[0] > self._timeout:
-            if now - self._stats_at < 2 * STATS_PERIOD_S and self.stats.get("size", 0) < self.config.replay.min_size:
-                self._sent_at = deque(now for _ in self._sent_at)  # replay is filling: the wait starts after
-            else:
-                self._requests_lost(now)
-                return
-        # EVENTS, not poll (a Poller per call) or a NOBLOCK receive that ends in an exception: this runs
-        # once per update, and a reply has usually arrived already.
-        if not sock.get(_EVENTS) & _POLLIN and not sock.poll(wait_ms):
+        if not any(link.has_input() for link in self.links) and not self._wait(wait_ms):
             return
-        while sock.get(_EVENTS) & _POLLIN:
-            self._receive(sock.recv_multipart(copy=False))
-            if self._sock is not sock:  # a restarted replay: the requests started over on a new socket
-                return
+        for link in self.links:
+            # EVENTS, not a NOBLOCK receive that ends in an exception: this runs once per update, and a
+            # reply has usually arrived already.
+            sock = link.sock
+            while link.sock is sock and link.has_input():
+                assert sock is not None
+                batch = link.receive(sock.recv_multipart(copy=False))
+                if batch is not None:
+                    self._ready.append(batch)
+                if link.restarted:  # its server forgot our requests: start over on a new socket
+                    self._reset(link)
 
-    def _request(self, sock: zmq.Socket, now: float) -> None:
+    def _wait(self, wait_ms: int) -> bool:
+        """Wait up to `wait_ms` for a reply on any link; whether one came."""
+        if wait_ms <= 0:
+            return False
+        if not self.sharded:
+            sock = self.links[0].sock
+            return sock is not None and bool(sock.poll(wait_ms))
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for link in self.links:
+                if link.sock is not None:
+                    self._poller.register(link.sock, zmq.POLLIN)
+        return bool(self._poller.poll(wait_ms))
+
+    def _check_shards(self, now: float) -> None:
+        """Leave out shards that fell silent; take back those that answer again."""
+        for link in self.links:
+            up = self._up[link.shard]
+            silent = now - link.stats_at > SHARD_SILENT_S if link.stats_at else False
+            if up and silent:
+                self._leave_out(link, now, f"no statistics for {SHARD_SILENT_S:.0f} s")
+                self._reset(link)
+            elif not up and link.stats_at and not silent:
+                self._up[link.shard] = True
+                others = sum(self._up)
+                log.warning("%s answers again: sampling %d of %d shards", link.label, others, len(self.links))
+
+    def _leave_out(self, link: ReplayLink, now: float, why: str) -> None:
+        if not self.sharded or not self._up[link.shard]:
+            return
+        self._up[link.shard] = False
+        self.shard_outages += 1
+        log.warning(
+            "%s left out of sampling (%s): sampling the other %d of %d shards until it answers",
+            link.label,
+            why,
+            sum(self._up),
+            len(self.links),
+        )
+
+    def _in_flight(self) -> int:
+        return sum(len(link.sent_at) for link in self.links)
+
+    def _request(self, now: float) -> None:
         """Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
-        queue's): the update loop never finds nothing ready while the server has data."""
-        while len(self._sent_at) + len(self._ready) < self.config.learner.prefetch and now >= self._hold_until:
-            meta = {"batch_size": self.config.learner.batch_size, "beta": float(self.beta)}
-            if self._slots is not None:
-                meta.update(self._slots.take())
-            send_frames(sock, self._encode("sample", meta))
-            self._sent_at.append(now)
+        queue's): the update loop never finds nothing ready while a server has data."""
+        while self._in_flight() + len(self._ready) < self.config.learner.prefetch:
+            link = self._next_link(now)
+            if link is None:
+                return
+            link.request(now)
+
+    def _next_link(self, now: float) -> ReplayLink | None:
+        if not self.sharded:
+            link = self.links[0]
+            return link if now >= link.hold_until else None
+        masses = [
+            link.mass if self._up[link.shard] and link.can_serve() and now >= link.hold_until else 0.0
+            for link in self.links
+        ]
+        shard = choose_shard(masses, self._rng)
+        return None if shard is None else self.links[shard]
 
     def _send_landed_priorities(self) -> None:
         """Priority updates in order, each once its copy from the GPU has landed."""
         while not self.priorities.empty():  # this thread is the queue's only reader: no Empty to catch
             self._unsent_priorities.append(self.priorities.get_nowait())
         while self._unsent_priorities:
-            index, ids, priority, ready = self._unsent_priorities[0]
+            index, ids, priority, ready, shard = self._unsent_priorities[0]
             if ready is not None and not ready.query():
                 break
             self._unsent_priorities.popleft()
-            self._send_priorities(index, ids, np.asarray(priority))
-
-    # ---- replies, one handler per kind ------------------------------------------------------------
-    def _receive(self, frames: list) -> None:
-        try:
-            msg = decode(frames, expect=tuple(self._handlers))
-        except DecodeError as err:
-            self.decode_errors += 1
-            log.warning("bad reply from replay: %s", err)
-            return
-        self._handlers[msg.kind](msg)
-
-    def _on_batch(self, msg: Message) -> None:
-        self._answered(batch=True)
-        if "shm_refused" in msg.meta and self._slots is not None:
-            log.info(
-                "replay cannot write this learner's batch file, so batches come over the socket: %s",
-                msg.meta["shm_refused"],
-            )
-            self._close_batch_file()
-        self.batches_by_socket += 1
-        self._ready.append(to_batch(msg.arrays, pin_memory=self.pin_memory, copy=False))
-
-    def _on_batch_ref(self, msg: Message) -> None:
-        self._answered(batch=True)
-        slots, slot = self._slots, msg.meta["slot"]
-        if slots is None or not slots.names_ours(msg.meta):
-            self.stale_batches += 1  # for a batch file given up since: its slot is not ours to read
-            return
-        if msg.meta["size"] != slots.file.batch_size:
-            self.decode_errors += 1
-            log.warning(
-                "replay filled slot %d with %d transitions, not %d", slot, msg.meta["size"], slots.file.batch_size
-            )
-            return
-        if self.batches_by_shared_memory == 0:
-            log.info("sampled batches arrive in shared memory (%s)", slots.file.path)
-        self.batches_by_shared_memory += 1
-        batch = slots.tensors.get(slot)
-        if batch is None:
-            batch = self._slot_batch(slots, slot)
-        self._ready.append(batch)
-
-    def _slot_batch(self, slots: BatchSlots, slot: int) -> Batch:
-        """Tensors over a slot of the batch file. A thread hands batches over a queue, not in step with
-        get_batch, so it copies the slot's arrays (into pinned memory when pinning anyway) and frees the
-        slot at once; otherwise the tensors are the slot, made once, and it is freed by the next get_batch."""
-        batch = to_batch(slots.file.views(slot), pin_memory=self.pin_memory, copy=self.threaded)
-        if self.threaded:
-            slots.free.append(slot)
-        else:  # the same memory every time: tensors over it need making once
-            batch.slot = slot
-            slots.tensors[slot] = batch
-        return batch
-
-    def _on_stats(self, msg: Message) -> None:
-        if msg.meta["inserted"] < self.stats.get("inserted", 0):
-            # A restarted server forgot the requests we had in flight.
-            log.warning("the replay server restarted; re-sending sample requests")
-            self._reset_requests()
-        self.stats = msg.meta
-        self._stats_at = time.monotonic()
-
-    def _on_error(self, msg: Message) -> None:
-        self._answered(batch=False)
-        self._hold_until = time.monotonic() + ERROR_PAUSE_S
-        log.error("replay refused a request: %s", msg.meta)
+            self._send_priorities(shard, index, ids, np.asarray(priority))
 
     def _run(self) -> None:
-        """The thread: hand decoded batches to the queue as room appears, pump the socket meanwhile."""
+        """The thread: hand decoded batches to the queue as room appears, pump the sockets meanwhile."""
         self._open()
         try:
             while not self._closing.is_set():
@@ -375,4 +362,4 @@ class ReplayClient:
                     self._ready.popleft()
                 self._pump(0 if self._ready else 2 if self._unsent_priorities else 20)
         finally:
-            self._close_socket()
+            self._close_links()

@@ -169,6 +169,12 @@ class ReplayBuffer:
         """Largest raw priority seen; default for inserts without priorities."""
         return self._max_priority
 
+    @property
+    def mass(self) -> float:
+        """Sum of the stored leaves (p + eps)^alpha (the size when uniform): the odds a learner sampling
+        several shards gives this buffer (common/shards.py)."""
+        return float(self._tree.total) if self._tree is not None else float(self._size)
+
     def _leaf_values(self, raw: np.ndarray) -> np.ndarray:
         return (raw + self._eps) ** self._alpha
 

@@ -33,7 +33,7 @@ class ReplayEndpoints:
     local_ingest_address: str | None
 
     @classmethod
-    def open(cls, config: RunConfig, ctx: zmq.Context | None = None) -> ReplayEndpoints:
+    def open(cls, config: RunConfig, ctx: zmq.Context | None = None, shard: int = 0) -> ReplayEndpoints:
         owns_ctx, ctx = ctx is None, ctx or zmq.Context()
         net = config.net
         security = ServerSecurity.from_config(net, ctx)
@@ -51,7 +51,7 @@ class ReplayEndpoints:
         secure_server(requests, security, "replay sampling")
         ingest_address = bind(ingest, net.bind_host, net.ingest_port, "replay ingest")
         sample_address = bind(requests, net.bind_host, net.sample_port, "replay sampling")
-        local, local_address = None, local_ingest_address()
+        local, local_address = None, local_ingest_address(shard)
         if local_address is not None and not net.curve_secret_key:
             local = make_socket(ctx, zmq.PULL, hwm=net.send_hwm, max_message_bytes=max_bytes, heartbeats=False)
             local.bind(local_address)

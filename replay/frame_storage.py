@@ -162,6 +162,10 @@ class FrameReplayBuffer:
         return self._buffer.max_priority
 
     @property
+    def mass(self) -> float:
+        return self._buffer.mass
+
+    @property
     def reuse_window(self) -> int:
         """How many of the latest frames written an incoming frame may be matched against."""
         return self._reuse_window

@@ -23,6 +23,7 @@ class PendingSample:
     beta: float
     since: float
     shm: tuple[str, str, int] | None = None  # the learner's batch file (path, token) and the slot to fill
+    with_mass: bool = False  # the reply carries the buffer's priority mass and size (sharded sampling)
 
 
 class PendingSamples:

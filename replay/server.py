@@ -23,6 +23,7 @@ from common.envs import EnvSpec
 from common.errors import StartupError
 from common.metrics_export import NullExporter, start_exporter
 from common.security import peer_role
+from common.shards import shard_dir_name
 from common.sockets import require_secure_bind
 from common.wire import DecodeError, Encoder, Message, decode, require_vectors
 from replay.accounting import Books, Ledger
@@ -54,7 +55,9 @@ class ReplayServer:
         ctx: zmq.Context | None = None,
         run_dir: Path | None = None,
         restore: bool = False,
+        shard: int = 0,
     ) -> None:
+        """`config` is this server's own: for shard `shard` of a sharded run, `common.shards.shard_config`'s."""
         # Before anything is allocated: a refused bind should cost nothing (bind() checks again).
         require_secure_bind(config.net.bind_host, bool(config.net.curve_secret_key))
         self.config = config
@@ -77,7 +80,8 @@ class ReplayServer:
         self.batch_files = BatchFiles(spec)
         self.batches_by_shared_memory = 0
         # Without a run directory there is nowhere durable to write, so snapshots are off entirely.
-        self.snapshot_dir = run_dir / "replay" if run_dir is not None else None
+        self.shard = shard
+        self.snapshot_dir = run_dir / shard_dir_name(shard) if run_dir is not None else None
         self.snapshots = None
         if self.snapshot_dir is not None:
             self.snapshots = SnapshotSchedule(
@@ -94,7 +98,7 @@ class ReplayServer:
             "stats_request": self._on_stats_request,
         }
         restored = self._restore() if restore else None  # before any socket: a misfit costs nothing to refuse
-        self.endpoints = ReplayEndpoints.open(config, ctx)
+        self.endpoints = ReplayEndpoints.open(config, ctx, shard)
         self.security = self.endpoints.security
         self.ingest, self.local_ingest = self.endpoints.ingest, self.endpoints.local_ingest
         self.requests = self.endpoints.requests
@@ -136,15 +140,17 @@ class ReplayServer:
             result = self.buffer.sample(request.batch_size, request.beta, slot)
             arrays = dict(result.data)
             arrays.update(weight=result.weights, index=result.indices, id=result.ids)
+            # A learner sampling shards chooses each batch's shard by mass: the newest, with every batch.
+            mass = {"mass": self.buffer.mass, "stored": self.buffer.size} if request.with_mass else {}
             if slot is not None:
                 assert request.shm is not None
                 for name in ("weight", "index", "id"):  # the stored fields were sampled into the slot already
                     slot[name][...] = arrays[name]
                 self.batches_by_shared_memory += 1
-                meta = {"size": request.batch_size, "slot": request.shm[2], "token": request.shm[1]}
+                meta = {"size": request.batch_size, "slot": request.shm[2], "token": request.shm[1], **mass}
                 self._reply(request.identity, "batch_ref", meta)
             else:
-                meta = {"size": request.batch_size, **({"shm_refused": refused} if refused else {})}
+                meta = {"size": request.batch_size, **mass, **({"shm_refused": refused} if refused else {})}
                 self._reply(request.identity, "batch", meta, arrays)
 
     def _batch_slot(self, request: PendingSample) -> tuple[dict | None, str]:
@@ -199,7 +205,8 @@ class ReplayServer:
             self._refuse_sample(identity, "unservable_sample", detail)
             return
         shm = (meta["shm_path"], meta["shm_token"], meta["shm_slot"]) if all(shm_keys) else None
-        refused = self._pending.add(PendingSample(identity, size, beta, time.monotonic(), shm))
+        with_mass = meta.get("with_mass", False)
+        refused = self._pending.add(PendingSample(identity, size, beta, time.monotonic(), shm, with_mass))
         if refused is not None:
             limits = f"at most {self._pending.per_peer} per peer, {self._pending.total} in all"
             self._refuse_sample(identity, refused, f"too many sample requests waiting ({limits})")
@@ -233,7 +240,10 @@ class ReplayServer:
         # stats_request of a round, so a flood of them costs one pass over the streams, not one each.
         if self._round_totals is None:
             self._round_totals = self.ledger.totals()
-        self._reply(identity, "replay_stats", self.stats(self._round_totals))
+        stats = self.stats(self._round_totals)
+        if msg.meta.get("with_mass", False):  # asked by a learner sampling shards (older ones refuse the key)
+            stats["mass"] = self.buffer.mass
+        self._reply(identity, "replay_stats", stats)
 
     # ---- snapshots ----------------------------------------------------------------------------
     def _restore(self) -> Counter[int] | None:

@@ -75,8 +75,9 @@ if [ -n "$actor_hosts" ]; then
   "$PY" "$ROOT/scripts/lib/ssh_actors.py" --hosts "$actor_hosts" --count >/dev/null || exit 2
 fi
 resolved="$("$PY" -m common.check_config --print net.learner_port --print actor.num_actors \
-  --print net.curve_secret_key --print net.curve_server_key "${common[@]}" "${overrides[@]}")" || exit 2
-{ read -r learner_port; read -r num_actors; read -r curve_secret; read -r curve_server; } <<<"$resolved"
+  --print net.curve_secret_key --print net.curve_server_key --print replay.shards "${common[@]}" "${overrides[@]}")" \
+  || exit 2
+{ read -r learner_port; read -r num_actors; read -r curve_secret; read -r curve_server; read -r shards; } <<<"$resolved"
 # With CurveZMQ on, local actors and the evaluator use the servers' own key pair (always authorized).
 actor_args=(--learner "127.0.0.1:$learner_port")
 [ -n "$curve_secret" ] && actor_args+=(--curve-secret-key "$curve_secret" --curve-server-key "$curve_server")
@@ -99,8 +100,14 @@ learner_done() {  # the learner's work is done when it wrote this run's summary 
 }
 # With --monitor, what would print here goes to a file, and the dashboard gets the terminal (fds 3, 4).
 [ $monitor -eq 1 ] && exec 3>&1 4<&0 >>"$run_dir/logs/progress.log"
-start_supervised replay "$PY" -m replay "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
-restart_with replay --restore
+# One replay server per shard (replay.shards): replay, replay-1, ..., each restarted from its own snapshot.
+replays=()
+for ((k = 0; k < shards; k++)); do
+  name=replay; [ "$k" -gt 0 ] && name="replay-$k"
+  replays+=("$name")
+  start_supervised "$name" "$PY" -m replay --shard "$k" "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
+  restart_with "$name" --restore
+done
 start_supervised learner "$PY" -m learner "${common[@]}" --run-dir "$run_dir" "${overrides[@]}"
 restart_with learner --resume
 finished_of[learner]=learner_done
@@ -111,10 +118,11 @@ started=$((local_actors ? num_actors : 0))
 for ((i = 0; i < started; i++)); do
   start_supervised "actor-$i" "$PY" -m actor --actor-index "$i" "${actor_args[@]}"
 done
+replay_started=replay; [ "$shards" -gt 1 ] && replay_started="$shards replay shards"
 if [ $local_actors -eq 1 ]; then
-  echo "started replay, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
+  echo "started $replay_started, learner, $([ $evaluator -eq 1 ] && echo "evaluator, ")$num_actors actor(s); Ctrl-C stops them all"
 else
-  echo "started replay, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
+  echo "started $replay_started, learner$([ $evaluator -eq 1 ] && echo ", evaluator") for $num_actors actor(s) to join at" \
     "127.0.0.1:$learner_port (e.g. scripts/launch_actors.sh); Ctrl-C stops them all"
   # Loopback with per-run keys: actors on this host join with the run's actor keys, found through this.
   [ -n "${DISTDQN_RUN_KEYS:-}" ] && echo "actors on this host: DISTDQN_RUN_KEYS=$DISTDQN_RUN_KEYS scripts/launch_actors.sh --learner 127.0.0.1:$learner_port --num-actors K"
@@ -127,7 +135,10 @@ fi
 # Supervise everything while the learner runs; the end of its work (its summary) ends the run.
 while [ -n "${pid_of[learner]}" ]; do
   supervise
-  if [ -z "${pid_of[replay]}" ] && [ -n "${pid_of[learner]}" ]; then
+  # A shard that gave up leaves the others serving (the learner samples what is left); none ends the run.
+  live=0
+  for name in "${replays[@]}"; do [ -n "${pid_of[$name]}" ] && live=$((live + 1)); done
+  if [ "$live" -eq 0 ] && [ -n "${pid_of[learner]}" ]; then
     note "error: no replay server any more; stopping the run"
     break
   fi

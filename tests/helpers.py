@@ -6,8 +6,11 @@ with the condition written where it is awaited.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
@@ -19,3 +22,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: fl
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Run a server's loop (`server.run(stop, log_interval_s=...)`) in a thread for the block, then stop
+    it, check that its loop ended, and close it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=server.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert not thread.is_alive(), "the server's loop did not stop"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
 
 # How the document names each Python type used in a schema. A new type must get a name here (and in the doc).
-TYPE_NAMES: dict[object, str] = {int: "int", str: "string", dict: "map", (int, float): "number"}
+TYPE_NAMES: dict[object, str] = {int: "int", str: "string", dict: "map", (int, float): "number", bool: "boolean"}
 
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _KIND_HEADING = re.compile(r"^### `([^`]+)`\s*$")

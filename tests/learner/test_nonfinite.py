@@ -48,7 +48,7 @@ def learner(tmp_path: Path):
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     made = Learner(config, SPEC, tmp_path / "run")
     sent: list[np.ndarray] = []
-    made.replay.send_priorities = lambda index, ids, priority, ready=None: sent.append(np.asarray(priority))
+    made.replay.send_priorities = lambda index, ids, priority, ready=None, shard=0: sent.append(np.asarray(priority))
     made.sent_priorities = sent
     yield made
     for sock in (made.control.router, made.control.pub):

@@ -109,7 +109,7 @@ def test_batches_through_shared_memory_hold_the_sampled_observations(threaded: b
             _take(client, 60, _assert_identified)
             assert client.batches_by_shared_memory >= 60 - config.learner.prefetch and client.batches_by_socket == 0
             assert server.batches_by_shared_memory >= client.batches_by_shared_memory
-            path = client._batch_file.path if client._batch_file is not None else None
+            path = client.links[0].batch_file.path if client.links[0].batch_file is not None else None
             assert path is not None and os.path.exists(path)
     finally:
         client.close()
@@ -126,12 +126,12 @@ def test_a_batch_file_replay_will_not_write_sends_batches_over_the_socket(caplog
     try:
         with _serving(config) as server, caplog.at_level(logging.INFO):
             client.start()
-            path = client._batch_file.path
+            path = client.links[0].batch_file.path
             os.chmod(path, 0o644)
             _take(client, 20, _assert_identified)
             assert client.batches_by_shared_memory == 0 and client.batches_by_socket >= 20
             assert server.batches_by_shared_memory == 0
-            assert client._batch_file is None and not os.path.exists(path)
+            assert client.links[0].batch_file is None and not os.path.exists(path)
             assert "not private" in caplog.text and "batches come over the socket" in caplog.text
     finally:
         client.close()
@@ -151,7 +151,7 @@ def test_shared_memory_batches_off_on_either_side_means_the_socket(learner_side:
         with _serving(shm(replay_side)):
             client.start()
             _take(client, 10, _assert_identified)
-            assert client.batches_by_shared_memory == 0 and client._batch_file is None
+            assert client.batches_by_shared_memory == 0 and client.links[0].batch_file is None
     finally:
         client.close()
         ctx.destroy(linger=0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from common.envs import EnvSpec, env_spec
 from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.server import ReplayServer
-from tests.helpers import wait_for
+from tests.helpers import serving, wait_for
 
 WAIT_S = 10.0  # some of these floods take a while on a loaded machine
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
@@ -30,14 +29,8 @@ def _start(overrides: list[str], spec: EnvSpec | None = None) -> Iterator[Replay
     config = load_config("cartpole", ["replay.capacity=4000", "net.max_message_mb=1", *overrides])
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, spec or SPEC)
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    assert not thread.is_alive()
-    srv.close()
+    with serving(srv):
+        yield srv
 
 
 @pytest.fixture

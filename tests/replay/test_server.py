@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from common.envs import EnvSpec
 from common.sockets import free_port_base
 from common.wire import PROTOCOL_VERSION, Encoder, decode, encode
 from replay.server import ReplayServer
-from tests.helpers import wait_for
+from tests.helpers import serving, wait_for
 
 SPEC = EnvSpec((4,), np.dtype(np.float32), 2)
 
@@ -29,13 +28,8 @@ def server() -> Iterator[ReplayServer]:
     )
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, SPEC)
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    with serving(srv):
+        yield srv
 
 
 def _transitions(n: int, *, obs_dim: int = 4, action: int = 0) -> dict[str, np.ndarray]:

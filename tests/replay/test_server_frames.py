@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +16,7 @@ from common.sockets import free_port_base
 from common.wire import Encoder, decode
 from replay.frame_storage import FrameReplayBuffer
 from replay.server import ReplayServer
+from tests.helpers import serving
 
 STACK, SIDE, N_STEP = 4, 6, 3
 SPEC = EnvSpec((STACK, SIDE, SIDE), np.dtype(np.uint8), 4)
@@ -67,13 +67,8 @@ def server(request) -> Iterator[ReplayServer]:
     config = dataclasses.replace(config, net=config.net.with_port_base(free_port_base()))
     srv = ReplayServer(config, SPEC)
     assert isinstance(srv.buffer, FrameReplayBuffer) == request.param
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.run, args=(stop,), kwargs={"log_interval_s": 60}, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    with serving(srv):
+        yield srv
 
 
 def test_both_kinds_are_stored_and_sampled_as_the_same_stacks(server: ReplayServer) -> None:
