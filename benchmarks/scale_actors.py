@@ -53,14 +53,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep", default="", metavar="DIR", help="run in DIR and keep its logs (default: a temporary one)"
     )
-    parser.add_argument("--publish-period", type=int, default=0, help="learner updates per version (default 2; CNN 1)")
+    parser.add_argument("--publish-period", type=int, default=0, help="learner updates per version (default 1)")
     args = parser.parse_args()
     cnn = args.hosts > 0
     args.actors = args.actors or (4 if args.quick else 256)
     args.per_process = min(args.per_process, args.actors) if not args.quick else 2
     args.steps_per_s = args.steps_per_s or (2.0 if cnn else 10.0) * (5 if args.quick else 1)
     args.seconds = args.seconds or (6.0 if args.quick else 45.0)
-    args.publish_period = args.publish_period or (1 if cnn else 2)
+    args.publish_period = args.publish_period or 1
     if args.quick:
         args.phases = "shm,relay" if not cnn else args.phases
         args.relays = 1
