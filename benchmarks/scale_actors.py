@@ -53,14 +53,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep", default="", metavar="DIR", help="run in DIR and keep its logs (default: a temporary one)"
     )
-    parser.add_argument("--publish-period", type=int, default=0, help="learner updates per version (default 1)")
+    parser.add_argument(
+        "--publish-period", type=int, default=0, help="learner updates per version (default 25, the preset's; CNN 1)"
+    )
     args = parser.parse_args()
     cnn = args.hosts > 0
     args.actors = args.actors or (4 if args.quick else 256)
     args.per_process = min(args.per_process, args.actors) if not args.quick else 2
     args.steps_per_s = args.steps_per_s or (2.0 if cnn else 10.0) * (5 if args.quick else 1)
     args.seconds = args.seconds or (6.0 if args.quick else 45.0)
-    args.publish_period = args.publish_period or 1
+    args.publish_period = args.publish_period or (1 if cnn else 25)
     if args.quick:
         args.phases = "shm,relay" if not cnn else args.phases
         args.relays = 1
@@ -77,6 +79,7 @@ def print_report(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 p["name"],
                 p["actors_running"],
                 p["ingest"]["stored_per_s"],
+                p["egress"]["versions"] / p["window_s"],
                 lat["p50"],
                 lat["p99"],
                 lat["max"],
