@@ -3,8 +3,9 @@
 Why: the scripts start real processes and are run by hand, rarely, on quiet machines; without this
 they would rot between those runs. They run in three waves: the throughput scripts all at once (the
 wave takes about as long as the slowest script), then the learning scripts, each a whole local
-cluster, once the first wave is over, then the scale benchmark, a system of its own, alone. Their numbers are meaningless under that contention and
-nothing here looks at them, only at the shape of what they write.
+cluster, once the first wave is over, then the scale benchmark, a system of its own, alone. Their
+numbers are meaningless under that contention and nothing here looks at them, only at the shape of
+what they write.
 """
 
 from __future__ import annotations
