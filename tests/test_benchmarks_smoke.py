@@ -1,10 +1,11 @@
 """Smoke test of the benchmark scripts: each runs in its smallest mode, exits 0 and writes its JSON result.
 
 Why: the scripts start real processes and are run by hand, rarely, on quiet machines; without this
-they would rot between those runs. They run in two waves: the throughput scripts all at once (the
+they would rot between those runs. They run in three waves: the throughput scripts all at once (the
 wave takes about as long as the slowest script), then the learning scripts, each a whole local
-cluster, once the first wave is over. Their numbers are meaningless under that contention and
-nothing here looks at them, only at the shape of what they write.
+cluster, once the first wave is over, then the scale benchmark, a system of its own, alone. Their
+numbers are meaningless under that contention and nothing here looks at them, only at the shape of
+what they write.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ SCRIPTS = {
     "learner_throughput": _script(
         1, {"wire_updates_per_s", "memory_updates_per_s", "wire_wait_fraction", "ratio"}, "--quick"
     ),
+    # A whole system (servers, relay, actor hosts) of its own: alone, after the learning scripts.
+    "scale_actors": _script(3, {"phases", "accounting", "shards", "weights_bytes"}, "--quick"),
     "auth_cost": _script(1, {f"{s}/{m}" for s in ("cartpole", "atari") for m in ("plain", "curve", "ipc")}, "--quick"),
     "cartpole_solve": _script(2, {"distdqn"}, "--quick", *SHORT_CLUSTER),
     "learning_suite": _script(2, {"seeds", "CartPole-v1"}, "--quick", "--envs", "CartPole-v1", *SHORT_CLUSTER),

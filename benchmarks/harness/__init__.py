@@ -12,6 +12,8 @@ it. `harness` shadows nothing, so the scripts import it and the installed projec
 - `report`: statistics, tables, profiles and the JSON result file.
 - `entry`: the common command-line flags and the signal-safe way to run a benchmark's `main`.
 - `solve_timing`: launch-to-threshold timing of a learning run (distdqn's cluster or a peer).
+- `actor_host`, `stamped_learner`, `replay_watch`, `system_probes`, `lan`, `frames_env`, `scale_run`,
+  `scale_figures`: the processes, probes and figures of `scale_actors.py` (see each module).
 
 Every result carries medians, the machine it ran on and how loaded that machine was, the same way,
 so that numbers are only ever compared with a peer measured in the same run.

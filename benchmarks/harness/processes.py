@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +123,23 @@ class Children:
         return process
 
     def module(
-        self, name: str, module: str, args: Sequence[str], *, profile_path: str = "", profile_start: str = "now"
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        *,
+        profile_path: str = "",
+        profile_start: str = "now",
+        prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen:
         """`python -m MODULE ARGS` in its own session (a terminal's Ctrl-C reaches only us; we stop it with
         SIGTERM, which distdqn's entry points turn into an orderly shutdown). Output goes to LOG_DIR/NAME.log.
         With `profile_path` it runs under cProfile from the start or, with profile_start="sigusr1", from
-        the first SIGUSR1 we send it."""
+        the first SIGUSR1 we send it. `prefix` goes before the interpreter (`ip netns exec NS`: it execs
+        the interpreter, which keeps its PID), `env` is added to our environment."""
         argv = [
+            *prefix,
             sys.executable,
             "-c",
             _MODULE_CODE,
@@ -151,7 +161,7 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
                 start_new_session=True,
             )
         finally:
