@@ -30,10 +30,11 @@ in the threaded mode) they are copied out at once and the slot is free again (`l
 
 With `replay.shards` K > 1 there is one link (learner/replay_link.py: socket, batch file, requests in
 flight) per shard, and each request goes to a shard chosen by its priority mass (learner/shard_choice.py),
-among those that hold a batch's worth and are heard from. A shard silent for `SHARD_SILENT_S`, or whose
-requests are lost, is left out (logged, counted in `shard_outages`) and its requests go to the others,
-so a dead shard never stalls the update loop; it is asked for statistics meanwhile and rejoins when it
-answers (a restarted shard, from its snapshot, with a fresh socket).
+among those that hold a batch's worth and are heard from. A shard that answered nothing for
+`SHARD_SILENT_S` (statistics are asked every second), or whose requests are lost, is left out (logged,
+counted in `shard_outages`) and new requests go to the others, so a dead shard never stalls the update
+loop; it is still asked for statistics and rejoins when it answers (a restarted shard, from its
+snapshot, on a fresh socket).
 """
 
 from __future__ import annotations
@@ -290,14 +291,15 @@ class ReplayClient:
         return bool(self._poller.poll(wait_ms))
 
     def _check_shards(self, now: float) -> None:
-        """Leave out shards that fell silent; take back those that answer again."""
+        """Leave out shards that fell silent; take back those that answer again. A silent shard keeps its
+        socket: a shard that is only slow (an overloaded host) answers there later, and a fresh socket
+        would throw those answers away; one that lost requests or restarted is reset where that is seen."""
         for link in self.links:
             up = self._up[link.shard]
-            silent = now - link.stats_at > SHARD_SILENT_S if link.stats_at else False
+            silent = now - link.heard_at > SHARD_SILENT_S if link.heard_at else False
             if up and silent:
-                self._leave_out(link, now, f"no statistics for {SHARD_SILENT_S:.0f} s")
-                self._reset(link)
-            elif not up and link.stats_at and not silent:
+                self._leave_out(link, now, f"no answer for {SHARD_SILENT_S:.0f} s")
+            elif not up and link.heard_at and not silent:
                 self._up[link.shard] = True
                 others = sum(self._up)
                 log.warning("%s answers again: sampling %d of %d shards", link.label, others, len(self.links))
@@ -316,7 +318,10 @@ class ReplayClient:
         )
 
     def _in_flight(self) -> int:
-        return sum(len(link.sent_at) for link in self.links)
+        """Requests in flight to the shards in use: a shard left out holds none of the prefetch."""
+        if not self.sharded:
+            return len(self.links[0].sent_at)
+        return sum(len(link.sent_at) for link in self.links if self._up[link.shard])
 
     def _request(self, now: float) -> None:
         """Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the

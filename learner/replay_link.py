@@ -67,6 +67,7 @@ class ReplayLink:
         self.next_stats = 0.0
         self.stats: dict = {}
         self.stats_at = 0.0  # when replay_stats last arrived on the current socket
+        self.heard_at = 0.0  # when any reply last arrived on the current socket
         self.mass = 0.0  # the newest priority mass and size the server reported (sharded runs)
         self.stored = 0
         self.slots: BatchSlots | None = None  # the batch file in shared memory, when the server can write it
@@ -94,7 +95,7 @@ class ReplayLink:
         connect(self.sock, self.host, self.port)
         self.encode = Encoder("learner")
         self.next_stats = 0.0
-        self.stats_at = 0.0
+        self.stats_at = self.heard_at = 0.0
         self.slots = BatchSlots.open(self.config, self.spec)
 
     def close(self) -> None:
@@ -182,6 +183,7 @@ class ReplayLink:
             self.decode_errors += 1
             log.warning("bad reply from %s: %s", self.label, err)
             return None
+        self.heard_at = time.monotonic()
         return self._handlers[msg.kind](msg)
 
     def _answered(self, batch: bool) -> None:
