@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from actor.exploration import epsilon_greedy
+from actor.exploration import check_epsilon, choose_actions
 from actor.link import LearnerLink
 from actor.nstep import NStepBuilder, NStepTransitions, true_next_obs
 from common.config import RunConfig
@@ -142,8 +142,8 @@ class Actor:
             )
         else:
             slots = [float(epsilon)] * num_envs
-        # A scalar when every env shares it: epsilon_greedy's cheapest path, run every step.
-        self.epsilon: float | np.ndarray = slots[0] if len(set(slots)) == 1 else np.asarray(slots)
+        # Checked once here, not every step; a scalar when every env shares it (the cheapest comparison).
+        self.epsilon = check_epsilon(slots[0] if len(set(slots)) == 1 else np.asarray(slots), num_envs)
         self.q = policy_network(  # numpy for MLPs: no torch in the process at all
             self.spec.obs_shape, self.spec.num_actions, config.network, seed=derive_seed(config.seed, 1, actor_index)
         )
@@ -271,7 +271,7 @@ class Actor:
         next_weights_check = time.monotonic() + WEIGHTS_POLL_S
         q, q_version = self.q(obs), self.link.version
         while not stop.is_set() and self.link.stop_reason is None:
-            actions = epsilon_greedy(q, self.epsilon, self.rng)
+            actions = choose_actions(q, self.epsilon, self.rng)
             next_obs, rewards, terminated, truncated, info = self.env.step(actions)
             now = time.monotonic()  # one clock read a step serves the weight check and the report
             if now >= self._next_report:

@@ -210,7 +210,7 @@ def test_an_actor_over_slots_explores_each_env_at_its_own_rung(monkeypatch) -> N
     reports: list[dict] = []
     actor.link.send = lambda kind, meta, arrays: reports.append(meta) or True
     off_greedy, steps = np.zeros(4), 4000
-    choose = actor_module.epsilon_greedy
+    choose = actor_module.choose_actions
     stop = threading.Event()
 
     def counted(q, epsilon, rng):  # the real choice, counted
@@ -222,7 +222,7 @@ def test_an_actor_over_slots_explores_each_env_at_its_own_rung(monkeypatch) -> N
             stop.set()
         return actions
 
-    monkeypatch.setattr(actor_module, "epsilon_greedy", counted)
+    monkeypatch.setattr(actor_module, "choose_actions", counted)
     try:
         actor.run(stop)
     finally:
