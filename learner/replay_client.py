@@ -110,7 +110,6 @@ class ReplayClient:
             for shard in range(config.replay.shards)
         ]
         self.sharded = len(self.links) > 1
-        self._up = [True] * len(self.links)  # sharded: left out of sampling while False
         self.shard_outages = 0
         self._rng = np.random.default_rng()
         self._poller: zmq.Poller | None = None  # over every link's socket (sharded), remade after a reset
@@ -143,7 +142,7 @@ class ReplayClient:
         total["samples_per_insert"] = total["sampled"] / total["inserted"] if total["inserted"] else 0.0
         waiting = [f"{link.label}: {link.stats['waiting']}" for link in self.links if link.stats.get("waiting")]
         total["waiting"] = "; ".join(waiting)
-        total["shards_up"] = sum(self._up)
+        total["shards_up"] = self._shards_up()
         return total
 
     def _sum(self, name: str) -> int:
@@ -250,11 +249,11 @@ class ReplayClient:
         if now >= self._next_monitor:
             for link in self.links:
                 link.poll_connections()
-            self._next_monitor = now + 0.1
+            self._next_monitor = now + MONITOR_PERIOD_S
         for link in self.links:
             if now >= link.next_stats:
                 link.send_stats_request(now)
-            if link.sent_at and now - link.sent_at[0] > link.timeout and link.lost(now):
+            if link.lost(now):
                 self._leave_out(link, now, "its sample requests went unanswered")
                 self._reset(link)
         if self.sharded:
@@ -295,33 +294,36 @@ class ReplayClient:
         socket: a shard that is only slow (an overloaded host) answers there later, and a fresh socket
         would throw those answers away; one that lost requests or restarted is reset where that is seen."""
         for link in self.links:
-            up = self._up[link.shard]
+            up = link.in_use
             silent = now - link.heard_at > SHARD_SILENT_S if link.heard_at else False
             if up and silent:
                 self._leave_out(link, now, f"no answer for {SHARD_SILENT_S:.0f} s")
             elif not up and link.heard_at and not silent:
-                self._up[link.shard] = True
-                others = sum(self._up)
+                link.in_use = True
+                others = self._shards_up()
                 log.warning("%s answers again: sampling %d of %d shards", link.label, others, len(self.links))
 
     def _leave_out(self, link: ReplayLink, now: float, why: str) -> None:
-        if not self.sharded or not self._up[link.shard]:
+        if not self.sharded or not link.in_use:
             return
-        self._up[link.shard] = False
+        link.in_use = False
         self.shard_outages += 1
         log.warning(
             "%s left out of sampling (%s): sampling the other %d of %d shards until it answers",
             link.label,
             why,
-            sum(self._up),
+            self._shards_up(),
             len(self.links),
         )
+
+    def _shards_up(self) -> int:
+        return sum(link.in_use for link in self.links)
 
     def _in_flight(self) -> int:
         """Requests in flight to the shards in use: a shard left out holds none of the prefetch."""
         if not self.sharded:
             return len(self.links[0].sent_at)
-        return sum(len(link.sent_at) for link in self.links if self._up[link.shard])
+        return sum(len(link.sent_at) for link in self.links if link.in_use)
 
     def _request(self, now: float) -> None:
         """Up to `prefetch` requests in flight and decoded batches together (when threaded, beside the
@@ -338,8 +340,7 @@ class ReplayClient:
             link = self.links[0]
             return link if now >= link.hold_until else None
         masses = [
-            link.mass if self._up[link.shard] and link.can_serve() and now >= link.hold_until else 0.0
-            for link in self.links
+            link.mass if link.in_use and link.can_serve() and now >= link.hold_until else 0.0 for link in self.links
         ]
         shard = choose_shard(masses, self._rng)
         return None if shard is None else self.links[shard]

@@ -77,6 +77,7 @@ class ReplayLink:
         self.batches_by_socket = 0
         self.stale_batches = 0  # replies for a batch file given up since (see reset)
         self.restarted = False  # set by a reply that shows a restarted server; the client then resets
+        self.in_use = True  # False while the client leaves this shard out of sampling (it fell silent)
         self._connections: ConnectionMonitor | None = None
         self._handlers: dict[str, Callable[[Message], Batch | None]] = {
             "batch": self._on_batch,
