@@ -267,6 +267,9 @@ class NetConfig:
     """messages larger than this are dropped by the socket and never reach a decoder"""
     send_hwm: int = 4
     """transition messages queued per actor before it blocks (backpressure)"""
+    io_threads: int = 4
+    """libzmq I/O threads of the learner and each replay server: CurveZMQ encrypts each connection's copy
+    of a message in its I/O thread, so relays' copies of the weights go out in parallel over several"""
     shared_memory_weights: bool = True
     """actors on the learner's host read new weights from a file in /dev/shm, not the broadcast socket"""
     shared_memory_batches: bool = True
@@ -298,6 +301,7 @@ class NetConfig:
         check(_valid_host(self.bind_host), "net.bind_host", f"not an IP address or '*': {self.bind_host!r}")
         check(1 <= self.max_message_mb <= 4096, "net.max_message_mb", "must be in [1, 4096]")
         check(1 <= self.send_hwm <= 1_000_000, "net.send_hwm", "must be in [1, 1000000]")
+        check(1 <= self.io_threads <= 64, "net.io_threads", "must be in [1, 64]")
         curve = {"curve_secret_key": self.curve_secret_key, "curve_server_key": self.curve_server_key}
         curve["curve_authorized_dir"] = self.curve_authorized_dir
         for name, path in curve.items():

@@ -84,7 +84,7 @@ class Learner:
         self.exporter = start_exporter(config.net, "learner")  # a no-op unless net.metrics_port is set
         # Keys load here, before any thread starts, so a bad key file is a plain startup error.
         curve = ClientSecurity.from_config(config.net)
-        self.ctx = zmq.Context()
+        self.ctx = zmq.Context(io_threads=config.net.io_threads)
         self.control = ControlServer(config, self.ctx)
         self.replay = ReplayClient(
             config, replay_host, pin_memory=self.device.type == "cuda", ctx=self.ctx, curve=curve, spec=spec

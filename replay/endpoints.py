@@ -34,7 +34,7 @@ class ReplayEndpoints:
 
     @classmethod
     def open(cls, config: RunConfig, ctx: zmq.Context | None = None, shard: int = 0) -> ReplayEndpoints:
-        owns_ctx, ctx = ctx is None, ctx or zmq.Context()
+        owns_ctx, ctx = ctx is None, ctx or zmq.Context(io_threads=config.net.io_threads)
         net = config.net
         security = ServerSecurity.from_config(net, ctx)
         max_bytes = net.max_message_mb << 20
