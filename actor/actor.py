@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
+IN_PLACE_ATTEMPTS = 4
 WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
 
@@ -233,7 +234,21 @@ class Actor:
         self._next_report = now + self.config.actor.stats_interval_s
 
     def _take_weights(self) -> None:
-        self.link.newest_weights(self.q.load)  # from shared memory: straight into the network, one copy
+        # From shared memory straight into the network (one copy), or used in place where it can be.
+        self.link.newest_weights(self.q.load, getattr(self.q, "attach", None))
+
+    def _values(self, obs: np.ndarray) -> np.ndarray:
+        """Q-values of `obs`. With weights used in place, a pass that the writer overtook (it began to
+        overwrite them) is done again with the newest version; the last attempt copies it first."""
+        for attempt in range(IN_PLACE_ATTEMPTS):
+            q = self.q(obs)
+            if self.link.weights_whole():
+                return q
+            if attempt < IN_PLACE_ATTEMPTS - 2:
+                self._take_weights()
+            else:
+                self.link.newest_weights(self.q.load)  # a private copy: nothing can overtake it
+        return self.q(obs)
 
     def _report(self, steps_per_s: float) -> None:
         meta = {
@@ -269,7 +284,7 @@ class Actor:
         log.info("actor %d acting with epsilon %s on %d x %s", self.index, shown, num_envs, self.config.env.id)
         self._take_weights()
         next_weights_check = time.monotonic() + WEIGHTS_POLL_S
-        q, q_version = self.q(obs), self.link.version
+        q, q_version = self._values(obs), self.link.version
         while not stop.is_set() and self.link.stop_reason is None:
             actions = choose_actions(q, self.epsilon, self.rng)
             next_obs, rewards, terminated, truncated, info = self.env.step(actions)
@@ -280,7 +295,7 @@ class Actor:
                 self._take_weights()
                 next_weights_check = now + WEIGHTS_POLL_S
             # One pass over next_obs both chooses the next actions and values this step's bootstrap states.
-            next_q, next_version = self.q(next_obs), self.link.version
+            next_q, next_version = self._values(next_obs), self.link.version
             done = terminated | truncated
             any_done = np.count_nonzero(done)  # (cheaper than done.any(), which matters once a step)
             # Unless an episode ended, next_obs is the true next observation: the builder copies what it keeps.
@@ -293,7 +308,7 @@ class Actor:
                 self.returns.extend(returns)
                 self.lengths.extend(lengths)
             if transitions is not None:
-                priority = initial_priorities(transitions, next_q.max(axis=1), self.q)
+                priority = initial_priorities(transitions, next_q.max(axis=1), self._values)
                 for message in outbox.add(transitions, q_version, priority):  # the weights that acted
                     self._send(message, stop)
             obs, q, q_version = next_obs, next_q, next_version

@@ -32,20 +32,20 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 import zmq
 
 from actor.relay_watch import RelayWatch
-from actor.shared_weights_read import RefusedFiles, read_version
+from actor.shared_weights_read import Attach, Load, RefusedFiles, read_version
 from actor.welcome import Welcome, read_welcome
 from common.config import RunConfig
 from common.errors import StartupError
 from common.monitor import ConnectionMonitor
 from common.safe_log import printable
 from common.security import ClientSecurity, secure_client
-from common.shared_weights import SharedWeightsReader, SharedWeightsUnavailable
+from common.shared_weights import HeldVersion, SharedWeightsReader, SharedWeightsUnavailable
 from common.sockets import connect, is_loopback, make_socket, tcp_address
 from common.wire import DecodeError, Encoder, Message, decode, kind_prefix
 
@@ -98,6 +98,8 @@ class LearnerLink:
         self.relay_path = relay  # the host's relay socket (a path); empty: the learner's broadcast only
         self.relay: RelayWatch | None = None
         self._shared_from_relay = False
+        self._held: HeldVersion | None = None  # the version the caller's network acts with in place
+        self._held_load: Load | None = None  # the `load` that goes with it, for when its file goes
         self._broadcast_address = ""
         # One handler per broadcast kind; each returns the message if it is the newest weights so far.
         self._on_broadcast: dict[str, Callable[[Message], Message | None]] = {
@@ -204,12 +206,14 @@ class LearnerLink:
                 return broadcast
         raise StartupError(f"no weights from the learner at {self.learner_host}:{self.learner_port}")
 
-    def newest_weights(self, load: Callable[[Mapping[str, np.ndarray]], None] | None = None) -> Message | None:
+    def newest_weights(self, load: Load | None = None, attach: Attach | None = None) -> Message | None:
         """Drain the broadcast and return the newest weights not yet taken (None if none).
 
         With `load` (a function copying arrays into the caller's network) they are also loaded, and
         weights in shared memory go straight from the file into the network: one copy instead of two,
-        most of what a new version costs an actor. The message returned then carries no arrays.
+        most of what a new version costs an actor. The message returned then carries no arrays. With
+        `attach` as well, weights in shared memory are handed over in place instead, not copied at all,
+        and `weights_whole` says whether what the network computed since is sound.
         """
         assert self.weights_sub is not None, "subscribe() first"
         self.connections.poll()
@@ -233,12 +237,18 @@ class LearnerLink:
             if taken is not None:
                 newest = taken
         if self.shared is not None:
-            shared = self._take_shared(load)
+            shared = self._take_shared(load, attach)
             if shared is not None:
                 return shared
         if newest is not None and load is not None:
             load(newest.arrays)
+            self._held = None
         return newest
+
+    def weights_whole(self) -> bool:
+        """False once the writer has begun to overwrite the shared-memory version the caller acts with
+        in place: Q-values computed since may mix two versions, and the caller takes the newest again."""
+        return self._held is None or self._held.whole()
 
     def _on_weights(self, msg: Message) -> Message | None:
         self.received["broadcast"] += 1
@@ -336,13 +346,21 @@ class LearnerLink:
         self._subscribe_full_weights(False)
         log.info("weights of run %s from shared memory %s", reader.run_id, reader.path)
 
-    def _take_shared(self, load: Callable[[Mapping[str, np.ndarray]], None] | None) -> Message | None:
-        """The file's newest version if newer than ours, loaded with `load` if given (else copied)."""
+    def _take_shared(self, load: Load | None, attach: Attach | None) -> Message | None:
+        """The file's newest version if newer than ours (or if the one held in place was overtaken):
+        attached in place with `attach`, else loaded with `load` if given, else copied."""
         assert self.shared is not None
         run_id, newest = self.shared.run_id, self.shared.newest_version()
-        if newest < 0 or (run_id == self.learner_run_id and newest <= self.version):
+        overtaken = not self.weights_whole()
+        if newest < 0 or (run_id == self.learner_run_id and newest <= self.version and not overtaken):
             return None
-        got = read_version(self.shared, load)
+        held = self.shared.hold() if attach is not None else None
+        if held is not None:
+            attach(held.arrays)
+            self._held, self._held_load, got = held, load, (held.version, {})
+        else:
+            got = read_version(self.shared, load)
+            self._held = None
         if got is None:
             if load is not None:
                 self.version = -1  # what `load` left in the network is no version at all: take the next whole
@@ -361,8 +379,19 @@ class LearnerLink:
 
     def _close_shared(self) -> None:
         if self.shared is not None:
+            self._release_held()
             self.shared.close()
             self.shared = None
+
+    def _release_held(self) -> None:
+        """Before its file goes: the network's own copy of the version it acted with in place, since no
+        newer one will come from that file to replace it when the writer overwrites it."""
+        held, self._held = self._held, None
+        if held is None or self._held_load is None:
+            return
+        self._held_load(held.arrays)
+        if not held.whole():
+            self.version = -1  # overtaken while copied: no version at all, take the next whole one
 
     def _accept(self, msg: Message) -> bool:
         """Newer weights from the same learner, or any weights from a restarted one (a new run_id):

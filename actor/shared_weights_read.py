@@ -16,7 +16,8 @@ log = logging.getLogger("actor.link")
 
 REFUSED_TOKENS_KEPT = 64
 
-Load = Callable[[Mapping[str, np.ndarray]], None]
+Load = Callable[[Mapping[str, np.ndarray]], None]  # copies the arrays into the caller's network
+Attach = Callable[[Mapping[str, np.ndarray]], None]  # makes the caller's network act with them in place
 
 
 class RefusedFiles:

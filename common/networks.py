@@ -132,15 +132,43 @@ def load_numpy_weights(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> No
 
 
 class TorchQNetwork:
-    """A QNetwork evaluated with torch (one thread), for torsos numpy would run slowly (convolutions)."""
+    """A QNetwork evaluated with torch (one thread), for torsos numpy would run slowly (convolutions).
+
+    Its parameters are either its own (`load` copies into them) or, after `attach`, the caller's arrays
+    used in place: a shared-memory slot that a hundred actors of a host act from, where each copying
+    its own 6.75 MB of every version would take more CPU than the relay that wrote it."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, config: NetworkConfig, *, seed: int = 0) -> None:
         torch.set_num_threads(1)
         torch.manual_seed(seed)
         self.net = QNetwork(obs_shape, num_actions, config).eval()
+        self.attached = False
 
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.attached:  # attached arrays may be read-only: own parameters again before copying in
+            for param in self.net.parameters():
+                param.data = torch.empty_like(param.data)
+            self.attached = False
         load_numpy_weights(self.net, arrays)
+
+    def attach(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Act with `arrays` in place from now on, no copy: the caller keeps them alive and unchanged
+        (or recomputes what it computed while they changed) until the next `attach` or `load`."""
+        params = dict(self.net.named_parameters())
+        if len(params) != len(self.net.state_dict()):
+            raise ValueError("only a network without buffers can act from arrays in place")
+        check_weights({name: tuple(p.shape) for name, p in params.items()}, arrays)
+        tensors = {}
+        with warnings.catch_warnings():  # the slot is mapped read-only; the forward pass only reads it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for name, param in params.items():
+                tensor = torch.from_numpy(np.asarray(arrays[name]))
+                if tensor.dtype != param.dtype:
+                    raise ValueError(f"{name} is {tensor.dtype}, the network's is {param.dtype}")
+                tensors[name] = tensor
+        for name, param in params.items():
+            param.data = tensors[name]
+        self.attached = True
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -21,13 +21,21 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from common import shm_files
 from common.shm_files import ALIGN, PAGE, SHM_DIR, Unavailable, available, round_up
 
-__all__ = ["SHM_DIR", "SharedWeightsReader", "SharedWeightsUnavailable", "SharedWeightsWriter", "available"]
+__all__ = [
+    "SHM_DIR",
+    "HeldVersion",
+    "SharedWeightsReader",
+    "SharedWeightsUnavailable",
+    "SharedWeightsWriter",
+    "available",
+]
 
 MAGIC = b"distdqnW"
 FORMAT_VERSION = 1
@@ -68,6 +76,23 @@ def _views(mm: mmap.mmap, data_at: int, slot_bytes: int, arrays: list) -> list[d
 def remove_stale(directory: str = SHM_DIR) -> list[str]:
     """Remove weights files left by learners of this host and user that were killed (see shm_files)."""
     return shm_files.remove_stale(NAME_PATTERN, directory)
+
+
+@dataclass(frozen=True)
+class HeldVersion:
+    """A complete slot's arrays in place in the file, for a reader that acts with them without copying.
+
+    They stay that version until the writer begins to overwrite the slot, two versions later, which
+    `whole` tells: a forward pass computed from them is sound if `whole()` still holds after it (the
+    writer marks the slot odd before it changes any byte, and x86 keeps stores and loads in order)."""
+
+    version: int
+    arrays: Mapping[str, np.ndarray]
+    sequence: np.ndarray  # the slot's counter, in the file
+    expected: int
+
+    def whole(self) -> bool:
+        return int(self.sequence[0]) == self.expected
 
 
 class SharedWeightsWriter:
@@ -203,6 +228,22 @@ class SharedWeightsReader:
             load(self._slot_views[slot])
             if self._slots[slot, 0] == seq_before[slot] and self._slots[slot, 1] == versions[slot]:
                 return int(versions[slot])
+        return None
+
+    def hold(self, attempts: int = 3) -> HeldVersion | None:
+        """The newest complete version in place (no copy), or None if there is none or the writer kept
+        overtaking us. The arrays keep the file mapped while anything holds them, even past `close`."""
+        for _ in range(attempts):
+            seq_before = self._slots[:, 0].copy()
+            versions = np.where(seq_before % 2 == 0, self._slots[:, 1], -1)
+            slot = int(versions.argmax())
+            if versions[slot] < 0:
+                return None
+            held = HeldVersion(
+                int(versions[slot]), self._slot_views[slot], self._slots[slot, :1], int(seq_before[slot])
+            )
+            if held.whole() and self._slots[slot, 1] == held.version:
+                return held
         return None
 
     def close(self) -> None:

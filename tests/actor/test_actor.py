@@ -26,8 +26,11 @@ class StillLink:
     def __init__(self) -> None:
         self.encode = Encoder("test-actor")
 
-    def newest_weights(self, load=None):
+    def newest_weights(self, load=None, attach=None):
         return None
+
+    def weights_whole(self) -> bool:
+        return True
 
     def send(self, kind: str, meta: dict, arrays: dict) -> bool:
         return True
@@ -232,3 +235,46 @@ def test_an_actor_over_slots_explores_each_env_at_its_own_rung(monkeypatch) -> N
     share = off_greedy / 4000
     assert np.all(np.abs(share - expected / 2) < 4 * np.sqrt(expected / 2 / 4000)), (share, expected / 2)
     assert reports[-1]["epsilon"] == pytest.approx(expected.mean())
+
+
+class OvertakenLink(StillLink):
+    """Weights used in place that the writer overtakes during the next `times` passes."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+        self.takes: list[bool] = []  # each newest_weights call: in place (attach given) or a copy
+
+    def newest_weights(self, load=None, attach=None):
+        self.takes.append(attach is not None)
+        return None
+
+    def weights_whole(self) -> bool:
+        if self.times:
+            self.times -= 1
+            return False
+        return True
+
+
+class CountingNetwork:
+    def __init__(self, inner) -> None:
+        self.inner, self.passes = inner, 0
+        self.attach = self.load = inner.load
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        self.passes += 1
+        return self.inner(obs)
+
+
+@pytest.mark.parametrize(("overtaken", "takes"), [(0, []), (1, [True]), (3, [True, True, False])])
+def test_a_pass_the_writer_overtook_is_done_again_with_newer_weights(overtaken: int, takes: list[bool]) -> None:
+    link = OvertakenLink(0)
+    actor = Actor(link, load_config("cartpole", ["network.hidden=[16]"]), actor_index=0)
+    try:
+        actor.q = network = CountingNetwork(actor.q)
+        link.times = overtaken
+        obs = np.zeros((actor.config.env.num_envs, 4), np.float32)
+        np.testing.assert_array_equal(actor._values(obs), network.inner(obs))
+        assert network.passes == overtaken + 1 and link.takes == takes  # the last retry takes a private copy
+    finally:
+        actor.close()

@@ -35,8 +35,11 @@ class StatsLink:
         self.returns: list[float] = []
         self.lengths: list[int] = []
 
-    def newest_weights(self, load=None):
+    def newest_weights(self, load=None, attach=None):
         return None
+
+    def weights_whole(self) -> bool:
+        return True
 
     def send(self, kind: str, meta: dict, arrays: dict) -> bool:
         if kind == "actor_stats":

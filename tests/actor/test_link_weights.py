@@ -225,6 +225,55 @@ def test_actors_go_back_to_the_broadcast_when_the_learner_stops_writing_its_file
         assert _newest(link, version).sender == "shared-memory"
 
 
+def test_a_cnn_acts_from_the_shared_file_in_place_and_takes_the_newest_when_overtaken() -> None:
+    """Nature CNN actors do not copy each version: their network uses the file's slot itself, and the
+    link tells when the writer has begun to overwrite it (two versions on), so the actor takes another."""
+    from common.config import NetworkConfig
+    from common.networks import QNetwork, weights_to_numpy
+    from common.policy_network import policy_network
+
+    config = NetworkConfig(torso="nature_cnn", hidden=(32,))
+    weights = [weights_to_numpy(QNetwork((4, 84, 84), 3, config)) for _ in range(4)]
+    obs = np.random.default_rng(3).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+    expected = []
+    for arrays in weights:
+        reference = policy_network((4, 84, 84), 3, config)
+        reference.load(arrays)
+        expected.append(reference(obs))
+    policy = policy_network((4, 84, 84), 3, config)
+
+    def publish_until(version: int, k: int, condition, what: str) -> int:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, what
+            version += 1
+            control.set_weights(version, weights[k])
+            time.sleep(0.02)
+            link.newest_weights(policy.load, policy.attach)
+        return version
+
+    with _learner_and_links() as (control, link):
+        version = publish_until(0, 1, lambda: link.shared is not None and policy.attached, "never in place")
+        assert link.version == version and link.weights_whole()
+        np.testing.assert_array_equal(policy(obs), expected[1])
+        control.set_weights(version + 1, weights[2])  # into the other slot: still whole
+        assert link.weights_whole()
+        np.testing.assert_array_equal(policy(obs), expected[1])
+        control.set_weights(version + 2, weights[3])  # over the slot the network acts from
+        assert not link.weights_whole()
+        np.testing.assert_array_equal(policy(obs), expected[3])  # it changed under the network: no copy
+        link.newest_weights(policy.load, policy.attach)
+        assert link.version == version + 2 and link.weights_whole() and policy.attached
+        control.set_shared_memory(False)  # the file goes: the network keeps a copy of what it acts with
+        before = link.received["broadcast"]
+        version = publish_until(version + 2, 0, lambda: link.shared is None, "the link never left the file")
+        assert not policy.attached and link.weights_whole()
+        if link.received["broadcast"] == before:  # none by broadcast yet: it acts with its copy of the held one
+            np.testing.assert_array_equal(policy(obs), expected[3])
+        publish_until(version, 0, lambda: link.received["broadcast"] > before, "no broadcast after the file")
+        np.testing.assert_array_equal(policy(obs), expected[0])  # loaded into its own parameters
+
+
 def test_live_parameters_are_published_as_they_were_when_handed_over() -> None:
     """The learner hands over views of parameters it goes on training; both paths must carry the values
     of the moment of publication, not of the next optimizer step."""

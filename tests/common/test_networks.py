@@ -99,6 +99,35 @@ def test_convolutional_policy_network_runs_the_torch_qnetwork() -> None:
         np.testing.assert_array_equal(policy(obs), net(torch.from_numpy(obs)).numpy())
 
 
+def test_a_convolutional_policy_network_acts_from_arrays_in_place_until_it_loads_its_own() -> None:
+    config = NetworkConfig(torso="nature_cnn", hidden=(32,))
+    policy = policy_network((4, 84, 84), 3, config)
+    first, second = (QNetwork((4, 84, 84), 3, config).eval() for _ in range(2))
+    obs = np.random.default_rng(2).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+
+    def values(net: QNetwork) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(obs)).numpy()
+
+    shared = weights_to_numpy(first)
+    for array in shared.values():
+        array.setflags(write=False)  # as a shared-memory slot is mapped
+    policy.attach(shared)
+    np.testing.assert_array_equal(policy(obs), values(first))
+    changed = {name: array.copy() for name, array in shared.items()}
+    live = weights_to_numpy(second)
+    policy.attach(live)  # writable arrays: their changes show, since nothing was copied
+    for array in live.values():
+        array *= 2.0
+    assert not np.array_equal(policy(obs), values(second))
+    policy.load(shared)  # its own parameters again: the attached arrays are left as they were
+    np.testing.assert_array_equal(policy(obs), values(first))
+    for name, array in changed.items():
+        np.testing.assert_array_equal(shared[name], array)
+    with pytest.raises(ValueError, match="do not fit"):
+        policy.attach({name: array[..., :1] for name, array in shared.items()})
+
+
 def test_mlp_actors_never_import_torch() -> None:
     """Importing torch costs an actor process about a second of CPU at start; MLP actors do without."""
     code = (

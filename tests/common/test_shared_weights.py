@@ -80,6 +80,34 @@ def test_a_slot_being_written_is_skipped_for_the_last_complete_one() -> None:
         reader.close()
 
 
+def test_a_held_version_is_the_file_itself_until_the_writer_begins_to_overwrite_it() -> None:
+    writer = SharedWeightsWriter("face", _arrays(0))
+    reader = SharedWeightsReader(writer.path, writer.token)
+    try:
+        assert reader.hold() is None  # nothing written yet
+        writer.write(1, _arrays(1))
+        held = reader.hold()
+        assert held is not None and held.version == 1 and held.whole()
+        assert not held.arrays["torso.weight"].flags.writeable  # in place: the reader's mapping is read-only
+        writer.write(2, _arrays(2))  # into the other slot
+        assert held.whole() and (held.arrays["torso.weight"] == 1).all()
+        writer._slots[0, 0] += 1  # the writer marks v1's slot before changing a byte of it
+        assert not held.whole()
+        writer._slots[0, 0] -= 1
+        writer.write(3, _arrays(3))  # v1's slot again
+        assert not held.whole() and (held.arrays["torso.weight"] == 3).all()  # no copy: it changed under us
+        newest = reader.hold()
+        assert newest is not None and newest.version == 3 and newest.whole()
+        writer._slots[:, 0] += 1  # both slots mid-write: nothing to hold
+        assert reader.hold() is None
+        writer._slots[:, 0] -= 1
+        reader.close()
+        assert (newest.arrays["head.bias"] == 3).all() and newest.whole()  # held arrays keep the file mapped
+    finally:
+        writer.close()
+        reader.close()
+
+
 def _write_forever(path_queue: mp.Queue, stop: mp.Event) -> None:
     writer = SharedWeightsWriter("cafe", _arrays(0, size=300_000))
     path_queue.put((writer.path, writer.token))

@@ -126,8 +126,11 @@ class _Link:
         self.encode = Encoder("reference-actor")
         self.reports: list[float] = []
 
-    def newest_weights(self, load=None) -> None:
+    def newest_weights(self, load=None, attach=None) -> None:
         return None
+
+    def weights_whole(self) -> bool:
+        return True
 
     def send(self, kind: str, meta: dict, arrays: dict) -> bool:
         if kind == "actor_stats":
