@@ -6,6 +6,13 @@ machine). The relay is that host's one subscriber: it receives each `weights` me
 it into a 0600 shared-weights file (`common.shared_weights`, as the learner does for its own host) and
 republishes a small `weights_ref` naming the file, plus the learner's `stop`, to the local actors.
 
+It also asks the learner directly (`get_weights` on its control port), as an actor does when it joins:
+at start, so that a relay started after the learner's last publication has a version at once, and after
+ASK_S without a new one, saying which version it holds, so that the learner answers `up_to_date` in 38
+bytes while it is not publishing (waiting for data, or publishing rarely). Each such answer counts in
+the notice's `confirmed`, which tells the actors that the relay is current though nothing new came; a
+learner that has a newer version sends it, which also covers versions the broadcast dropped.
+
 Its local PUB listens on an `ipc://` socket inside a private (0700) directory, the run-keys directory
 by default: no other user can connect to it or create one in its place, so it needs no CURVE. Towards
 the learner it is an ordinary weights subscriber with this host's actor keys. What it receives is not
@@ -47,6 +54,7 @@ SOCKET_NAME = "relay.sock"
 ANNOUNCE_S = 1.0  # the newest notice again: actors take 3 s without one for a dead relay
 STOP_REPEAT_S = 3.0  # after the learner's stop, pass it on this long (PUB drops for reconnecting actors)
 REPORT_S = 30.0
+ASK_S = 5.0  # no new version this long: ask the learner whether it has one (actors go direct at 15 s)
 RECONNECT_S = 5.0  # a connection to the learner lost this long is made anew (libzmq gives up after some errors)
 DEFAULT_MAX_MESSAGE_MB = 256  # net.max_message_mb's default: the relay is not told the run's config
 RUN_ID = re.compile(r"[0-9a-f]{1,64}")  # it names the file: `distdqn-weights-RUNID-TOKEN`
@@ -63,6 +71,7 @@ class WeightRelay:
         self,
         ctx: zmq.Context,
         learner_host: str,
+        learner_port: int,
         weights_port: int,
         directory: Path,
         *,
@@ -84,6 +93,12 @@ class WeightRelay:
         self.connections.watch(self.sub, "weight broadcast")
         self.upstream = connect(self.sub, learner_host, weights_port)
         self._next_reconnect = 0.0
+        self.control = make_socket(ctx, zmq.DEALER, hwm=4, max_message_bytes=max_message_bytes)
+        secure_client(self.control, curve)
+        self.connections.watch(self.control, "learner control")
+        connect(self.control, learner_host, learner_port)
+        self._next_ask = 0.0
+        self.confirmed = 0
         self.pub = make_socket(ctx, zmq.PUB, hwm=4, heartbeats=False)
         try:
             self.pub.bind(f"ipc://{self.path}")
@@ -106,12 +121,19 @@ class WeightRelay:
     def run(self, stop: threading.Event) -> None:
         next_announce = next_report = time.monotonic()
         stop_until = None
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
         while not stop.is_set():
-            if self.sub.poll(100):
+            events = dict(poller.poll(100))
+            if self.sub in events:
                 self._drain()
+            if self.control in events:
+                self._answers()
             self.connections.poll()
             now = time.monotonic()
             self._reconnect_if_lost(now)
+            self._ask_if_quiet(now)
             if self.stop_reason is not None:
                 stop_until = stop_until or now + STOP_REPEAT_S
                 self.pub.send_multipart(self.encode("stop", {"reason": self.stop_reason}))
@@ -135,6 +157,50 @@ class WeightRelay:
         with contextlib.suppress(zmq.ZMQError):
             self.sub.disconnect(self.upstream)
         self.sub.connect(self.upstream)
+
+    def _ask_if_quiet(self, now: float) -> None:
+        """Ask the learner for anything newer after ASK_S without a new version (at once when it has none)."""
+        if now < self._next_ask or self.stop_reason is not None:
+            return
+        self._next_ask = now + ASK_S
+        meta = {"newer_than": self.version, "run_id": self.run_id} if self.version >= 0 else {}
+        with contextlib.suppress(zmq.Again):  # the learner is not reading: the next turn asks again
+            self.control.send_multipart(self.encode("get_weights", meta), zmq.NOBLOCK)
+
+    def _answers(self) -> None:
+        for _ in range(8):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frames, expect=("weights", "error"))
+            except DecodeError as err:
+                self._reject(err.reason, str(err))
+                continue
+            if msg.kind == "weights":
+                ours = (self.run_id, self.version)
+                try:
+                    self._take(msg)
+                except Exception as err:  # as for the broadcast: refused, never the end
+                    self._reject("handler_error", f"{type(err).__name__}: {err}")
+                if (msg.meta.get("run_id"), msg.meta["version"]) == ours:
+                    self._confirm()  # its current version is the one we hold
+            elif msg.meta["reason"] == "up_to_date":
+                self._confirm()
+
+    def _confirm(self) -> None:
+        """The learner says our version is its newest: tell the actors, so they do not take us for stale."""
+        if self.writer is None:
+            return
+        self.confirmed += 1
+        self.ref = self.encode("weights_ref", self._ref_meta())
+        self.pub.send_multipart(self.ref)
+
+    def _ref_meta(self) -> dict:
+        assert self.writer is not None
+        meta = {"version": self.version, "run_id": self.run_id, "path": self.writer.path, "token": self.writer.token}
+        return {**meta, "confirmed": self.confirmed}
 
     def report(self) -> None:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
@@ -200,10 +266,10 @@ class WeightRelay:
             log.warning("cannot write the shared weights file: %s", err)
             return self._reject("write_failed", str(err))
         self.version, self.run_id = version, run_id
-        meta = {"version": version, "run_id": run_id, "path": self.writer.path, "token": self.writer.token}
-        self.ref = self.encode("weights_ref", meta)
+        self.ref = self.encode("weights_ref", self._ref_meta())
         self.pub.send_multipart(self.ref)
         self.republished += 1
+        self._next_ask = time.monotonic() + ASK_S
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
@@ -218,6 +284,7 @@ class WeightRelay:
     def close(self) -> None:
         self.connections.close()
         self.sub.close()
+        self.control.close(linger=0)
         self.pub.close()
         with contextlib.suppress(OSError):  # a dead socket file would look like a live relay to actors
             if self.path.stat().st_ino == self._socket_inode:
@@ -275,7 +342,9 @@ def _main() -> int:
     check_libzmq()
     stop = install_stop_handlers()
     ctx = zmq.Context()
-    relay = WeightRelay(ctx, host, weights_port, directory, curve=curve, max_message_bytes=args.max_message_mb << 20)
+    relay = WeightRelay(
+        ctx, host, port, weights_port, directory, curve=curve, max_message_bytes=args.max_message_mb << 20
+    )
     log.info("relaying weights from %s to ipc://%s", relay.upstream, relay.path)
     try:
         relay.run(stop)

@@ -3,9 +3,10 @@
 Why a separate judge: a relay that died, hangs, or lost its learner must not leave the actors behind it
 acting with old weights. The relay repeats its newest `weights_ref` every second, so silence means it is
 gone; a socket file that vanished means the same at once. A relay that still talks but has had no new
-version for STALE_S is followed no longer either (its learner connection may be broken): the link then
-subscribes to the learner directly, and comes back once the relay delivers a version it had not
-announced before the fallback, as new as the actor's own. Until its first notice a relay may be silent
+version for STALE_S, nor the learner's word that its version is still the newest (the relay asks every
+few seconds while the learner is quiet), is followed no longer either (its learner connection may be
+broken): the link then subscribes to the learner directly, and comes back once the relay delivers a
+version it had not announced before the fallback, as new as the actor's own. Until its first notice a relay may be silent
 (it has no version before the learner's next publication): then only STALE_S applies, and a missing
 socket after SILENT_S.
 """
@@ -21,7 +22,11 @@ from common.sockets import make_socket
 from common.wire import Message, kind_prefix
 
 SILENT_S = 3.0  # the relay announces every second: three missed notices and it is taken for dead
-STALE_S = 15.0  # no new version from it this long: ask the learner directly (it may have newer ones)
+STALE_S = 15.0  # no new or confirmed version from it this long: go to the learner directly
+
+
+def _news(msg: Message) -> tuple:
+    return msg.meta["run_id"], msg.meta["version"], msg.meta.get("confirmed", 0)
 
 
 class RelayWatch:
@@ -36,12 +41,12 @@ class RelayWatch:
         self.serving = True
 
     def note(self, msg: Message) -> None:
-        """Anything from the relay shows it alive; a newer notice shows it following the learner."""
+        """Anything from the relay shows it alive; a newer notice, or the learner's word that the relay's
+        version is still its newest (a grown `confirmed`), shows it following the learner."""
         self.heard_at = time.monotonic()
         if msg.kind != "weights_ref":
             return
-        old = self.latest
-        if old is None or (msg.meta["run_id"], msg.meta["version"]) != (old.meta["run_id"], old.meta["version"]):
+        if self.latest is None or _news(msg) != _news(self.latest):
             self.new_at = self.heard_at
         self.latest = msg
 
@@ -53,7 +58,7 @@ class RelayWatch:
         if self.latest is not None and now - self.heard_at > SILENT_S:
             return f"nothing from it for {SILENT_S:g} s"
         if now - self.new_at > STALE_S:
-            return f"no new version from it for {STALE_S:g} s"
+            return f"no new or confirmed version from it for {STALE_S:g} s"
         return None
 
     def fall_back(self) -> None:

@@ -96,7 +96,9 @@ SCHEMAS: dict[str, Schema] = {
         doc="learner -> actor: the run config, the actor's global index and the epsilon it is to explore with",
     ),
     "get_weights": Schema(
-        max_bytes=_SMALL, doc="actor -> learner: ask for the current weights now (a late joiner never waits)"
+        optional_meta={"newer_than": int, "run_id": str},
+        max_bytes=_SMALL,
+        doc="actor or relay -> learner: ask for the current weights now (a late joiner never waits)",
     ),
     "weights": Schema(
         meta={"version": int},
@@ -106,6 +108,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "weights_ref": Schema(
         meta={"version": int, "run_id": str, "path": str, "token": str},
+        optional_meta={"confirmed": int},
         max_bytes=_SMALL,
         doc="learner -> actors (PUB): a new version is in the shared-memory file at path, for actors on its host",
     ),

@@ -299,6 +299,10 @@ class ControlServer(threading.Thread):
         if weights is None:
             self._reply_error(identity, "no_weights_yet")
             return
+        held = msg.meta.get("newer_than")
+        if held is not None and msg.meta.get("run_id") == self.run_id and weights[0] <= held:
+            self._reply_error(identity, "up_to_date")  # a relay checking that it is current: 38 bytes, not 6.75 MB
+            return
         encode = partial(self._encode, "weights", {"version": weights[0], "run_id": self.run_id}, weights[1])
         refusal = self._weight_replies.send(self.router, identity, weights[0], encode, time.monotonic())
         if refusal == "reply_dropped":

@@ -60,3 +60,36 @@ def test_a_relay_whose_file_is_refused_is_left_for_the_learners_broadcast(tmp_pa
         relay.close(linger=0)
         control.close()
         ctx.destroy(linger=0)
+
+
+def test_a_relay_the_learner_confirms_is_not_taken_for_stale(tmp_path: Path, monkeypatch) -> None:
+    """While the learner publishes nothing new, a relay whose `confirmed` grows is still followed; one
+    that repeats the same notice unconfirmed is left once STALE_S has passed."""
+    from actor import relay_watch
+    from common.wire import Message
+
+    monkeypatch.setattr(relay_watch, "STALE_S", 0.3)
+    ctx = zmq.Context()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    relay = make_socket(ctx, zmq.PUB, hwm=16, heartbeats=False)
+    relay.bind(f"ipc://{private / 'relay.sock'}")
+    watch = relay_watch.RelayWatch(ctx, str(private / "relay.sock"), 1 << 20)
+
+    def notice(confirmed: int) -> Message:
+        meta = {"version": 3, "run_id": "ab12", "path": "/dev/shm/x", "token": "0" * 16, "confirmed": confirmed}
+        return Message(kind="weights_ref", sender="relay", seq=0, meta=meta, arrays={})
+
+    try:
+        for confirmed in range(6):  # 0.6 s, twice STALE_S, with a confirmation every 0.1 s
+            watch.note(notice(confirmed))
+            time.sleep(0.1)
+            assert watch.failing() is None
+        for _ in range(5):  # the same notice again, unconfirmed
+            watch.note(notice(5))
+            time.sleep(0.1)
+        assert watch.failing() is not None and "no new or confirmed version" in watch.failing()
+    finally:
+        watch.close()
+        relay.close(linger=0)
+        ctx.destroy(linger=0)

@@ -274,7 +274,8 @@ def test_parser_reads_a_known_section(doc_kinds: dict[str, DocKind]) -> None:
     assert hello.meta["role"] == ("string", "required")
     assert hello.meta["pid"] == ("int", "optional")
     assert doc_kinds["transitions"].arrays["action"] == ("int64", "(B,)")
-    assert doc_kinds["get_weights"].says_no_meta and doc_kinds["get_weights"].says_no_arrays
+    assert doc_kinds["snapshot_request"].says_no_meta and doc_kinds["get_weights"].says_no_arrays
+    assert doc_kinds["get_weights"].meta["newer_than"] == ("int", "optional")
 
 
 def test_ports_table_matches_the_config(doc_text: str) -> None:

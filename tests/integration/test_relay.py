@@ -241,3 +241,54 @@ def test_the_relay_refuses_bad_weights_and_passes_on_good_ones(cluster: Cluster,
         local.close(linger=0)
         pub.close(linger=0)
         ctx.term()
+
+
+def test_a_late_relay_asks_for_the_current_weights_and_is_confirmed_while_the_learner_is_quiet(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A relay started after the learner's last publication has its version at once, and while the
+    learner publishes nothing new the learner's `up_to_date` answers show its actors that it is current."""
+    import dataclasses
+
+    from common.config import load_config
+    from learner.control import ControlServer
+
+    config = load_config("cartpole")
+    config = dataclasses.replace(config, net=config.net.with_port_base(cluster.port_base))
+    ctx = zmq.Context()
+    control = ControlServer(config, ctx)
+    control.start()
+    local = make_socket(ctx, zmq.SUB, hwm=64, heartbeats=False)
+    local.setsockopt(zmq.SUBSCRIBE, kind_prefix("weights_ref"))
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    notices: list[dict] = []
+
+    def heard(predicate) -> bool:
+        def check() -> bool:
+            while local.poll(50):
+                notices.append(decode(local.recv_multipart(), expect=("weights_ref",)).meta)
+            return any(predicate(n) for n in notices)
+
+        return bool(cluster.wait_until(check, timeout_s=20, interval_s=0.05))
+
+    try:
+        control.set_weights(7, _weights(7)["arrays"])  # published before the relay exists
+        cluster.start("relay", _relay_argv(cluster, private))
+        sock = private / "relay.sock"
+        assert cluster.wait_until(sock.exists, timeout_s=30), cluster.diagnostics()
+        local.connect(f"ipc://{sock}")
+        assert heard(lambda n: n["version"] == 7 and n["run_id"] == control.run_id), cluster.diagnostics()
+        started = time.monotonic()
+        assert heard(lambda n: n["version"] == 7 and n.get("confirmed", 0) >= 1), cluster.diagnostics()
+        assert time.monotonic() - started < 12, "confirmed later than the relay's asking period allows"
+        control.set_weights(8, _weights(8)["arrays"])
+        assert heard(lambda n: n["version"] == 8), cluster.diagnostics()
+        assert {n["version"] for n in notices} == {7, 8}
+        cluster.procs["relay"].send_signal(signal.SIGTERM)
+        assert cluster.wait_exit("relay", timeout_s=20) == 0, cluster.diagnostics()
+        assert "rejected: none" in cluster.log("relay")
+    finally:
+        local.close(linger=0)
+        control.close()
+        ctx.destroy(linger=0)
