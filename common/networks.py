@@ -143,6 +143,9 @@ class TorchQNetwork:
         torch.manual_seed(seed)
         self.net = QNetwork(obs_shape, num_actions, config).eval()
         self.attached = False
+        self._params = list(self.net.named_parameters())  # looked up once: attach runs at every version
+        self._shapes = {name: tuple(param.shape) for name, param in self._params}
+        self._only_parameters = len(self._params) == len(self.net.state_dict())
 
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
         if self.attached:  # attached arrays may be read-only: own parameters again before copying in
@@ -154,20 +157,17 @@ class TorchQNetwork:
     def attach(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Act with `arrays` in place from now on, no copy: the caller keeps them alive and unchanged
         (or recomputes what it computed while they changed) until the next `attach` or `load`."""
-        params = dict(self.net.named_parameters())
-        if len(params) != len(self.net.state_dict()):
+        if not self._only_parameters:
             raise ValueError("only a network without buffers can act from arrays in place")
-        check_weights({name: tuple(p.shape) for name, p in params.items()}, arrays)
-        tensors = {}
+        check_weights(self._shapes, arrays)
         with warnings.catch_warnings():  # the slot is mapped read-only; the forward pass only reads it
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            for name, param in params.items():
-                tensor = torch.from_numpy(np.asarray(arrays[name]))
-                if tensor.dtype != param.dtype:
-                    raise ValueError(f"{name} is {tensor.dtype}, the network's is {param.dtype}")
-                tensors[name] = tensor
-        for name, param in params.items():
-            param.data = tensors[name]
+            tensors = [torch.from_numpy(np.asarray(arrays[name])) for name, _ in self._params]
+        for (name, param), tensor in zip(self._params, tensors, strict=True):
+            if tensor.dtype != param.dtype:
+                raise ValueError(f"{name} is {tensor.dtype}, the network's is {param.dtype}")
+        for (_, param), tensor in zip(self._params, tensors, strict=True):
+            param.data = tensor
         self.attached = True
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:

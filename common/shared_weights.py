@@ -200,9 +200,7 @@ class SharedWeightsReader:
 
     def newest_version(self) -> int:
         """The newest completely written version (-1 if none): two loads, cheap enough for every step."""
-        seq, version = self._slots[:, 0], self._slots[:, 1]
-        complete = version[seq % 2 == 0]
-        return int(complete.max()) if complete.size else -1
+        return max(version if seq % 2 == 0 else -1 for seq, version in self._slots.tolist())  # one numpy call
 
     def read(self, attempts: int = 3) -> tuple[int, dict[str, np.ndarray]] | None:
         """A private copy of the newest complete version, or None if the writer kept overtaking us."""
@@ -234,14 +232,12 @@ class SharedWeightsReader:
         """The newest complete version in place (no copy), or None if there is none or the writer kept
         overtaking us. The arrays keep the file mapped while anything holds them, even past `close`."""
         for _ in range(attempts):
-            seq_before = self._slots[:, 0].copy()
-            versions = np.where(seq_before % 2 == 0, self._slots[:, 1], -1)
-            slot = int(versions.argmax())
+            rows = self._slots.tolist()  # row by row: each slot's counter is read before its version
+            versions = [version if seq % 2 == 0 else -1 for seq, version in rows]
+            slot = versions.index(max(versions))
             if versions[slot] < 0:
                 return None
-            held = HeldVersion(
-                int(versions[slot]), self._slot_views[slot], self._slots[slot, :1], int(seq_before[slot])
-            )
+            held = HeldVersion(versions[slot], self._slot_views[slot], self._slots[slot, :1], rows[slot][0])
             if held.whole() and self._slots[slot, 1] == held.version:
                 return held
         return None
