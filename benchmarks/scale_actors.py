@@ -37,6 +37,12 @@ from harness.report import fmt, print_table, write_result
 
 NAME = "scale_actors"
 GOAL_P50_MS = 50.0  # Nature CNN over three hosts behind relays
+HOP_NAMES = {
+    "learner": "learner hands over -> broadcast sent",
+    "transport": "sent -> a relay has it",
+    "relay": "relay writes its file -> notice",
+    "actors": "first notice -> each actor acts with it",
+}
 GOAL_P99_MS = 200.0
 
 
@@ -109,6 +115,10 @@ def print_report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         ],
         rows,
     )
+    for p in results["phases"]:
+        if "hops_ms" in p:
+            parts = [f"{HOP_NAMES[k]} {fmt(v['p50'])} / {fmt(v['p90'])}" for k, v in p["hops_ms"].items()]
+            print(f"where the time goes in {p['name']} (p50 / p90 ms): " + "; ".join(parts))
     rss_rows = [[p["name"], *[f"{k} {v / 2**20:.0f}" for k, v in p["rss_max"].items()]] for p in results["phases"]]
     for row in rss_rows:
         print(f"RSS max (MiB) in {row[0]}: " + ", ".join(row[1:]))

@@ -139,3 +139,48 @@ def ledger_balance(run_dir: Path, actor_totals: dict[str, int]) -> dict[str, Any
 def actor_totals_of(actors: Sequence[dict[str, Any]]) -> dict[str, int]:
     """What the actors themselves say they sent, and how many streams they opened (one each that joined)."""
     return {"sent": sum(a["sent"] for a in actors), "streams": sum(1 for a in actors if a["state"] != "failed")}
+
+
+def read_hop_stamps(learner: Path, relays: Sequence[Path]) -> tuple[dict[int, int], dict[int, list[tuple[int, int]]]]:
+    """When each version's full weights left the learner's control thread {version: ns}, and when each
+    relay received it and sent its notice {version: [(received ns, notice ns), ...]}."""
+    sent: dict[int, int] = {}
+    for line in (learner.read_text() if learner.exists() else "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "sent":
+            sent.setdefault(int(parts[1]), int(parts[2]))
+    relayed: dict[int, list[tuple[int, int]]] = {}
+    for path in relays:
+        for line in (path.read_text() if path.exists() else "").splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "r":
+                relayed.setdefault(int(parts[1]), []).append((int(parts[2]), int(parts[3])))
+    return sent, relayed
+
+
+def hops(
+    published: dict[int, int],
+    sent: dict[int, int],
+    relayed: dict[int, list[tuple[int, int]]],
+    actors: Sequence[dict[str, Any]],
+    t0: int,
+    t1: int,
+) -> dict[str, dict[str, float | None]]:
+    """Publish -> applied cut at its hops, for the versions published in [t0, t1] that every stamp saw
+    (ms percentiles): the learner (update loop hands over -> broadcast sent), the transport (sent -> a
+    relay has it: CURVE on both ends, the network, decoding), each relay (received -> notice out) and
+    the actors (the version's first notice -> each actor acting with it, as it appears in `applied`)."""
+    versions = [v for v, t in published.items() if t0 <= t <= t1 and v in sent and v in relayed]
+    applied: dict[int, list[int]] = {}
+    for actor in actors:
+        for v, t in actor["applied"]:
+            applied.setdefault(int(v), []).append(int(t))
+    learner, transport, relay, take = [], [], [], []
+    for v in versions:
+        learner.append(sent[v] - published[v])
+        transport += [received - sent[v] for received, _ in relayed[v]]
+        relay += [notice - received for received, notice in relayed[v]]
+        first_notice = min(notice for _, notice in relayed[v])
+        take += [t - first_notice for t in applied.get(v, [])]
+    ms = lambda xs: percentiles([x / 1e6 for x in xs])  # noqa: E731
+    return {"learner": ms(learner), "transport": ms(transport), "relay": ms(relay), "actors": ms(take)}

@@ -19,7 +19,15 @@ from typing import Any
 from harness import REPO_ROOT
 from harness.lan import NoNamespaces, lan
 from harness.processes import Children, cpu_seconds, free_port_base, wait_for
-from harness.scale_figures import actor_totals_of, ingest_rate, latency_and_lag, ledger_balance, read_stamps
+from harness.scale_figures import (
+    actor_totals_of,
+    hops,
+    ingest_rate,
+    latency_and_lag,
+    ledger_balance,
+    read_hop_stamps,
+    read_stamps,
+)
 from harness.system_probes import (
     bytes_between,
     device_tx_bytes,
@@ -213,7 +221,9 @@ class Run:
                 directory.mkdir(mode=0o700)
                 flags = ["--learner", f"{layout.learner_host}:{self.base}", "--socket-dir", str(directory)]
                 prefix = layout.actor_hosts[r % len(layout.actor_hosts)]
-                relays.append(self._module(f"relay-{r}", "actor.relay", [*flags, *layout.client_keys], prefix))
+                stamps = {"DISTDQN_BENCH_STAMPS": str(self.tmp / f"relay-stamps-{name}-{r}.txt")}
+                argv = [*flags, *layout.client_keys]
+                relays.append(self._module(f"relay-{r}", "harness.stamped_relay", argv, prefix, env=stamps))
                 relay_paths.append(directory / "relay.sock")
             wait_for(lambda: all(p.exists() for p in relay_paths), 60, "the relays' sockets", self.children)
         hosts, outs = [], []
@@ -243,8 +253,9 @@ class Run:
         self.children.stop(relays, grace_s=10)
         actors = [a for out in outs for a in json.loads(out.read_text())["actors"]]
         published = read_stamps(self.stamps)[0]
-        latency = latency_and_lag(published, actors, window["t0_ns"], window["t1_ns"], int(SETTLE_S * 1e9))
-        return {
+        t0, t1 = window["t0_ns"], window["t1_ns"]
+        latency = latency_and_lag(published, actors, t0, t1, int(SETTLE_S * 1e9))
+        result = {
             "name": name,
             "actors_running": window["running"],
             "latency": latency,
@@ -252,6 +263,10 @@ class Run:
             "actors_raw": actors,
             "actors_failed": sum(a["state"] == "failed" for a in actors),
         }
+        if relays:
+            sent, relayed = read_hop_stamps(self.stamps, sorted(self.tmp.glob(f"relay-stamps-{name}-*.txt")))
+            result["hops_ms"] = hops(published, sent, relayed, actors, t0, t1 - int(SETTLE_S * 1e9))
+        return result
 
     def _running(self, outs: list[Path]) -> int:
         total = 0
