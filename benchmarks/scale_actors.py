@@ -62,6 +62,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--publish-period", type=int, default=0, help="learner updates per version (default 25, the preset's; CNN 1)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a config override for the servers, after the benchmark's own (repeatable), e.g. net.io_threads=1",
+    )
     args = parser.parse_args()
     cnn = args.hosts > 0
     args.actors = args.actors or (4 if args.quick else 256)

@@ -163,7 +163,7 @@ class Run:
         self.stamps = tmp / "stamps.txt"
         self.watch = tmp / "replay-watch.jsonl"
         self.preset, self.overrides = server_settings(args, self.shards)
-        self.overrides += layout.server_overrides
+        self.overrides += layout.server_overrides + args.set
 
     def _module(self, name: str, module: str, argv: list[str], prefix: list[str], env: dict[str, str] | None = None):
         return self.children.module(name, module, argv, prefix=prefix, env={**self.layout.env, **(env or {})})
