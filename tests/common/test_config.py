@@ -211,6 +211,8 @@ def test_wrong_types(override: str, setting: str) -> None:
         (["net.bind_host=not-an-ip"], "net.bind_host"),
         (["net.bind_host=localhost"], "net.bind_host"),
         (["net.max_message_mb=0"], "net.max_message_mb"),
+        (["net.io_threads=0"], "net.io_threads"),
+        (["net.io_threads=65"], "net.io_threads"),
     ],
 )
 def test_out_of_range_values(overrides: list[str], setting: str) -> None:
