@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SEND_POLL_MS = 100
 STREAM_END_TIMEOUT_S = 4.0  # bounded, so that a hung replay server cannot hold an actor's shutdown ...
-IN_PLACE_ATTEMPTS = 4
+IN_PLACE_RETRIES = 3  # a pass the writer overtook: twice again in place, then from a private copy
 WEIGHTS_POLL_S = 0.005  # how often the acting loop looks for new weights (published every ~0.1 s)
 FLUSH_TIMEOUT_S = 3.0  # ... neither here: how long the last queued messages get to leave at exit
 
@@ -239,16 +239,17 @@ class Actor:
 
     def _values(self, obs: np.ndarray) -> np.ndarray:
         """Q-values of `obs`. With weights used in place, a pass that the writer overtook (it began to
-        overwrite them) is done again with the newest version; the last attempt copies it first."""
-        for attempt in range(IN_PLACE_ATTEMPTS):
-            q = self.q(obs)
+        overwrite them) is done again with the newest version; the last retry copies it first."""
+        q = self.q(obs)
+        for retry in range(IN_PLACE_RETRIES):
             if self.link.weights_whole():
-                return q
-            if attempt < IN_PLACE_ATTEMPTS - 2:
+                break
+            if retry < IN_PLACE_RETRIES - 1:
                 self._take_weights()
             else:
                 self.link.newest_weights(self.q.load)  # a private copy: nothing can overtake it
-        return self.q(obs)
+            q = self.q(obs)
+        return q
 
     def _report(self, steps_per_s: float) -> None:
         meta = {

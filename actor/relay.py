@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
@@ -168,22 +169,10 @@ class WeightRelay:
             self.control.send_multipart(self.encode("get_weights", meta), zmq.NOBLOCK)
 
     def _answers(self) -> None:
-        for _ in range(8):
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                msg = decode(frames, expect=("weights", "error"))
-            except DecodeError as err:
-                self._reject(err.reason, str(err))
-                continue
+        for msg in self._received(self.control, ("weights", "error"), 8):
             if msg.kind == "weights":
                 ours = (self.run_id, self.version)
-                try:
-                    self._take(msg)
-                except Exception as err:  # as for the broadcast: refused, never the end
-                    self._reject("handler_error", f"{type(err).__name__}: {err}")
+                self._take_checked(msg)
                 if (msg.meta.get("run_id"), msg.meta["version"]) == ours:
                     self._confirm()  # its current version is the one we hold
             elif msg.meta["reason"] == "up_to_date":
@@ -191,16 +180,16 @@ class WeightRelay:
 
     def _confirm(self) -> None:
         """The learner says our version is its newest: tell the actors, so they do not take us for stale."""
-        if self.writer is None:
-            return
-        self.confirmed += 1
-        self.ref = self.encode("weights_ref", self._ref_meta())
-        self.pub.send_multipart(self.ref)
+        if self.writer is not None:
+            self.confirmed += 1
+            self._announce()
 
-    def _ref_meta(self) -> dict:
+    def _announce(self) -> None:
+        """The notice of the newest version, sent now and kept for the repeats."""
         assert self.writer is not None
         meta = {"version": self.version, "run_id": self.run_id, "path": self.writer.path, "token": self.writer.token}
-        return {**meta, "confirmed": self.confirmed}
+        self.ref = self.encode("weights_ref", {**meta, "confirmed": self.confirmed})
+        self.pub.send_multipart(self.ref)
 
     def report(self) -> None:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
@@ -213,23 +202,29 @@ class WeightRelay:
         )
 
     def _drain(self) -> None:
-        for _ in range(64):
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                msg = decode(frames, expect=("weights", "stop"))
-            except DecodeError as err:
-                self._reject(err.reason, str(err))
-                continue
+        for msg in self._received(self.sub, ("weights", "stop"), 64):
             if msg.kind == "stop":
                 self.stop_reason = msg.meta["reason"][:200]
             else:
-                try:
-                    self._take(msg)
-                except Exception as err:  # one message that breaks the handler is refused, never the end
-                    self._reject("handler_error", f"{type(err).__name__}: {err}")
+                self._take_checked(msg)
+
+    def _received(self, sock: zmq.Socket, kinds: tuple[str, ...], most: int) -> Iterator[Message]:
+        """Up to `most` waiting messages of `kinds`; the others, and any that fail decoding, refused."""
+        for _ in range(most):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                yield decode(frames, expect=kinds)
+            except DecodeError as err:
+                self._reject(err.reason, str(err))
+
+    def _take_checked(self, msg: Message) -> None:
+        try:
+            self._take(msg)
+        except Exception as err:  # one message that breaks the handler is refused, never the end
+            self._reject("handler_error", f"{type(err).__name__}: {err}")
 
     def _take(self, msg: Message) -> None:
         self.received += 1
@@ -266,8 +261,7 @@ class WeightRelay:
             log.warning("cannot write the shared weights file: %s", err)
             return self._reject("write_failed", str(err))
         self.version, self.run_id = version, run_id
-        self.ref = self.encode("weights_ref", self._ref_meta())
-        self.pub.send_multipart(self.ref)
+        self._announce()
         self.republished += 1
         self._next_ask = time.monotonic() + ASK_S
 

@@ -6,9 +6,9 @@ gone; a socket file that vanished means the same at once. A relay that still tal
 version for STALE_S, nor the learner's word that its version is still the newest (the relay asks every
 few seconds while the learner is quiet), is followed no longer either (its learner connection may be
 broken): the link then subscribes to the learner directly, and comes back once the relay delivers a
-version it had not announced before the fallback, as new as the actor's own. Until its first notice a relay may be silent
-(it has no version before the learner's next publication): then only STALE_S applies, and a missing
-socket after SILENT_S.
+version it had not announced before the fallback, as new as the actor's own. Until its first notice a
+relay may be silent (it has no version until the learner answers or publishes): then only STALE_S
+applies, and a missing socket after SILENT_S.
 """
 
 from __future__ import annotations
